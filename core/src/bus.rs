@@ -1,0 +1,379 @@
+//! The [`Bus`]: what applications hold.
+
+use std::fmt;
+use std::future::IntoFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::codec::Codec;
+use crate::envelope::{headers, Envelope};
+use crate::error::{Error, ErrorKind, Result};
+use crate::event::Event;
+use crate::interceptor::Interceptor;
+use crate::provider::{Capabilities, Provider, PublishOptions, Status};
+use crate::routing::RoutingKey;
+use crate::rpc::RpcClient;
+
+/// A connection to the event bus. Cheap to clone; clones share the connection.
+///
+/// A bus publishes ([`emit`](Self::emit), [`cast`](Self::cast), [`call`](Self::call)),
+/// subscribes ([`subscribe`](Self::subscribe), [`serve`](Self::serve)) and shuts down gracefully
+/// ([`shutdown`](Self::shutdown), [`run_until_signal`](Self::run_until_signal)). Settings such as
+/// identity, codec and interceptors are per handle: `as_participant`, `with_codec` and
+/// `with_interceptor` return a new handle on the same connection.
+#[derive(Clone)]
+pub struct Bus {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) identity: Arc<str>,
+    pub(crate) codec: Codec,
+    pub(crate) interceptors: Arc<[Arc<dyn Interceptor>]>,
+}
+
+pub(crate) struct Shared {
+    pub(crate) provider: Arc<dyn Provider>,
+    /// Cancelled when shutdown begins: subscriptions stop taking messages.
+    pub(crate) stopping: CancellationToken,
+    /// Every subscription loop, so shutdown can wait for in-flight handlers.
+    pub(crate) tasks: TaskTracker,
+    pub(crate) rpc: tokio::sync::OnceCell<RpcClient>,
+    pub(crate) shutdown_timeout: std::sync::Mutex<Duration>,
+}
+
+impl Bus {
+    /// A bus over `provider`. Applications normally call `tidings::connect(url)` instead.
+    pub fn new(provider: Arc<dyn Provider>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                provider,
+                stopping: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                rpc: tokio::sync::OnceCell::new(),
+                shutdown_timeout: std::sync::Mutex::new(Duration::from_secs(30)),
+            }),
+            identity: default_identity().into(),
+            codec: Codec::default(),
+            interceptors: Arc::from(Vec::new()),
+        }
+    }
+
+    /// This handle, emitting as participant `<this host>.<kind>.<id>` — for example a
+    /// `worker_daemon` number `1`. Receivers see the identity and can filter on it.
+    ///
+    /// Panics if `kind` or `id` is not a single routing-key word; use
+    /// [`with_identity`](Self::with_identity) to handle that as an error.
+    #[must_use]
+    #[track_caller]
+    pub fn as_participant(&self, kind: &str, id: &str) -> Self {
+        let identity = format!("{}.{kind}.{id}", host_word());
+        match self.with_identity(&identity) {
+            Ok(bus) => bus,
+            Err(e) => panic!("as_participant({kind:?}, {id:?}): {e}"),
+        }
+    }
+
+    /// This handle, emitting as `identity`, which must be three words: `host.kind.id`.
+    pub fn with_identity(&self, identity: &str) -> Result<Self> {
+        let key = RoutingKey::new(identity).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidConfig,
+                format!("identity: {}", e.message()),
+            )
+        })?;
+        if key.words().count() != 3 {
+            return Err(Error::new(
+                ErrorKind::InvalidConfig,
+                format!("identity {identity:?} must have three words: host.kind.id"),
+            ));
+        }
+        Ok(Self {
+            identity: identity.into(),
+            ..self.clone()
+        })
+    }
+
+    /// This handle's identity, `host.kind.id`.
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// This handle, encoding what it sends with `codec`. Receivers decode by the content type
+    /// each message carries, whatever their own codec.
+    #[must_use]
+    pub fn with_codec(&self, codec: Codec) -> Self {
+        Self {
+            codec,
+            ..self.clone()
+        }
+    }
+
+    /// This handle, with `interceptor` added after the existing ones. Subscriptions made from
+    /// the returned handle run it on receive; messages sent through it run it on send.
+    #[must_use]
+    pub fn with_interceptor(&self, interceptor: impl Interceptor) -> Self {
+        let mut all: Vec<_> = self.interceptors.iter().cloned().collect();
+        all.push(Arc::new(interceptor));
+        Self {
+            interceptors: all.into(),
+            ..self.clone()
+        }
+    }
+
+    /// How long [`shutdown`](Self::shutdown) waits for in-flight handlers (default 30 s).
+    pub fn set_shutdown_timeout(&self, timeout: Duration) {
+        *self.shared.shutdown_timeout.lock().expect("poisoned") = timeout;
+    }
+
+    /// What the connected driver and broker support.
+    pub fn capabilities(&self) -> Capabilities {
+        self.shared.provider.capabilities()
+    }
+
+    /// Connection status; changes as the driver loses and regains its broker.
+    pub fn status(&self) -> tokio::sync::watch::Receiver<Status> {
+        self.shared.provider.status()
+    }
+
+    /// The driver under this bus, for tools that work at the transport level.
+    pub fn provider(&self) -> &Arc<dyn Provider> {
+        &self.shared.provider
+    }
+
+    /// Publishes `event` under `key` to every matching subscription. Await the returned
+    /// builder; it resolves once the broker has accepted the message.
+    ///
+    /// # Examples
+    /// ```
+    /// # async fn demo(bus: tidings_core::Bus) -> tidings_core::Result<()> {
+    /// bus.emit("orders.created", &"order 42".to_string())
+    ///     .header("tenant", "acme")
+    ///     .ttl(std::time::Duration::from_secs(60))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn emit<'a, E: Event>(&'a self, key: &'a str, event: &'a E) -> Emit<'a, E> {
+        Emit {
+            bus: self,
+            key,
+            event,
+            headers: Vec::new(),
+            ttl: None,
+            mandatory: false,
+        }
+    }
+
+    /// Sends `event` to exactly one worker of the group serving `key` (fire-and-forget).
+    /// Fails with [`ErrorKind::NoResponders`] when the broker can tell nobody is bound.
+    pub async fn cast<E: Event>(&self, key: &str, event: &E) -> Result<()> {
+        self.emit(key, event).mandatory().await
+    }
+
+    /// Builds an envelope for `event` under `key`, as this handle would send it, interceptors
+    /// not yet applied.
+    pub(crate) fn envelope<E: Event>(&self, key: &str, event: &E) -> Result<Envelope> {
+        RoutingKey::validate(key)?;
+        let body = self.codec.encode(event)?;
+        let mut envelope = Envelope::new(key, self.codec.content_type(), body);
+        envelope.event = E::NAME.into();
+        envelope.emitter = self.identity.to_string();
+        Ok(envelope)
+    }
+
+    /// Runs the send interceptors and publishes.
+    pub(crate) async fn publish(
+        &self,
+        mut envelope: Envelope,
+        options: &PublishOptions,
+    ) -> Result<()> {
+        for interceptor in self.interceptors.iter() {
+            interceptor.on_send(&mut envelope);
+        }
+        self.shared.provider.publish(envelope, options).await
+    }
+
+    /// Publishes a ready-made envelope (for tools that relay or replay messages). The routing
+    /// key is validated and the send interceptors run.
+    pub async fn publish_envelope(
+        &self,
+        envelope: Envelope,
+        options: &PublishOptions,
+    ) -> Result<()> {
+        RoutingKey::validate(&envelope.routing_key)?;
+        self.publish(envelope, options).await
+    }
+
+    /// Stops taking new messages, waits for in-flight handlers (they settle their messages) up
+    /// to the shutdown timeout, then closes the connection. Messages prefetched but not started
+    /// go back to the broker for other workers. Safe to call more than once.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.shared.stopping.cancel();
+        self.shared.tasks.close();
+        let timeout = *self.shared.shutdown_timeout.lock().expect("poisoned");
+        if tokio::time::timeout(timeout, self.shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                ?timeout,
+                running = self.shared.tasks.len(),
+                "shutdown: handlers still running after the timeout; closing anyway, \
+                 their messages will be redelivered"
+            );
+        }
+        self.shared.provider.close().await
+    }
+
+    /// Runs until SIGTERM or Ctrl-C (or until another task calls [`shutdown`](Self::shutdown)),
+    /// then shuts down gracefully.
+    pub async fn run_until_signal(&self) -> Result<()> {
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("signal received, shutting down"),
+            _ = self.shared.stopping.cancelled() => {}
+        }
+        self.shutdown().await
+    }
+
+    /// Drops the connection at once, as a crashed process would: running handlers are
+    /// abandoned and every unsettled message is redelivered to other consumers.
+    pub async fn abort(&self) {
+        self.shared.stopping.cancel();
+        self.shared.provider.abort().await;
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.is_cancelled()
+    }
+}
+
+impl fmt::Debug for Bus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bus")
+            .field("provider", &self.shared.provider)
+            .field("identity", &self.identity)
+            .field("codec", &self.codec)
+            .field("interceptors", &self.interceptors.len())
+            .finish()
+    }
+}
+
+/// A publish being prepared; await it to send. Made by [`Bus::emit`].
+#[must_use = "an emit does nothing until awaited"]
+pub struct Emit<'a, E> {
+    bus: &'a Bus,
+    key: &'a str,
+    event: &'a E,
+    headers: Vec<(String, String)>,
+    ttl: Option<Duration>,
+    mandatory: bool,
+}
+
+impl<E> fmt::Debug for Emit<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Emit")
+            .field("key", &self.key)
+            .field("headers", &self.headers)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, E: Event> Emit<'a, E> {
+    /// Adds an application header. Names starting with `tidings-` are reserved and rejected.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Expires the message if no consumer took it within `ttl`.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Fails with [`ErrorKind::NoResponders`] if no subscription takes the message.
+    pub fn mandatory(mut self) -> Self {
+        self.mandatory = true;
+        self
+    }
+
+    /// Builds the envelope now; what remains to await is the driver's publish alone (one
+    /// future, no extra allocation per emit).
+    fn prepare(self) -> Result<(Envelope, &'static PublishOptions)> {
+        let mut envelope = self.bus.envelope(self.key, self.event)?;
+        for (name, value) in self.headers {
+            headers::check_user_name(&name)?;
+            envelope.headers.insert(name, value);
+        }
+        envelope.ttl = self.ttl;
+        for interceptor in self.bus.interceptors.iter() {
+            interceptor.on_send(&mut envelope);
+        }
+        Ok((envelope, if self.mandatory { &MANDATORY } else { &DEFAULT }))
+    }
+}
+
+static DEFAULT: PublishOptions = PublishOptions { mandatory: false };
+static MANDATORY: PublishOptions = PublishOptions { mandatory: true };
+
+impl<'a, E: Event> IntoFuture for Emit<'a, E> {
+    type Output = Result<()>;
+    type IntoFuture = BoxFuture<'a, Result<()>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        let provider = &self.bus.shared.provider;
+        match self.prepare() {
+            Ok((envelope, options)) => provider.publish(envelope, options),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
+    }
+}
+
+/// This host's name as one routing-key word.
+fn host_word() -> String {
+    let raw = gethostname::gethostname().to_string_lossy().into_owned();
+    let word: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if word.is_empty() {
+        "localhost".into()
+    } else {
+        word
+    }
+}
+
+fn default_identity() -> String {
+    format!("{}.process.{}", host_word(), std::process::id())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,40 @@
+//! Transport-free core of [tidings](https://docs.rs/tidings): typed events, routing keys and
+//! patterns, envelopes, codecs, the [`Provider`] trait that drivers implement, and the [`Bus`]
+//! that applications hold.
+//!
+//! Drivers depend on this crate only. Applications use the `tidings` facade, which re-exports
+//! everything here and adds `connect(url)`.
+
+pub mod broker_url;
+pub mod bus;
+pub mod codec;
+pub mod dead_letter;
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod interceptor;
+pub mod provider;
+pub mod routing;
+pub mod rpc;
+pub mod subscribe;
+
+pub use broker_url::BrokerUrl;
+pub use bus::{Bus, Emit};
+pub use codec::Codec;
+pub use dead_letter::{DeadLetter, DeadLetters};
+pub use envelope::Envelope;
+pub use error::{Error, ErrorKind, Result};
+pub use event::Event;
+pub use interceptor::Interceptor;
+pub use provider::{
+    Capabilities, Consumer, Delivery, Inbox, Mode, Outcome, Provider, PublishOptions, Settle,
+    Status, SubscribeSpec,
+};
+pub use routing::{Pattern, RoutingKey, Segment};
+pub use rpc::{Call, Serve};
+pub use subscribe::{
+    HandlerError, HandlerResult, Message, Payload, SubscribeBuilder, Subscription,
+};
+
+pub use async_trait::async_trait;
+pub use bytes::Bytes;

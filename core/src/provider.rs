@@ -1,0 +1,227 @@
+//! The contract between the bus and a transport driver.
+//!
+//! A driver supplies transport primitives only: publish, subscribe, settle a delivery
+//! (ack, requeue, retry, dead-letter), a reply inbox, and close. All policy — how many attempts,
+//! what goes to the dead letters and why, RPC correlation, interceptors, shutdown — lives in the
+//! [`Bus`](crate::Bus), once, for every driver.
+//!
+//! # Contract
+//! - Every method may be called concurrently from many tasks.
+//! - `publish` returns once the broker has accepted the message, where the transport can say so.
+//! - A [`Consumer`] keeps yielding deliveries across reconnects; it ends (`None`) only when
+//!   cancelled or when the provider is closed.
+//! - A delivery never settled when its consumer or connection goes away is redelivered to
+//!   another consumer of the same queue (at-least-once).
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::envelope::Envelope;
+use crate::error::Result;
+use crate::routing::Pattern;
+
+/// How a subscription shares messages with other subscriptions.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Every broadcast subscription receives its own copy; messages published while it does not
+    /// exist are not kept for it.
+    Broadcast,
+    /// Competing consumers: each message goes to exactly one member of the group `name`.
+    Group {
+        /// The group (queue) name, a valid routing-key-like word list.
+        name: String,
+        /// Whether the group's queue keeps messages while no member runs (and, where the broker
+        /// can, across broker restarts).
+        durable: bool,
+    },
+}
+
+/// What a driver needs to open a subscription.
+#[derive(Debug, Clone)]
+pub struct SubscribeSpec {
+    /// Which routing keys to receive.
+    pub pattern: Pattern,
+    /// Broadcast or group.
+    pub mode: Mode,
+    /// How many unsettled deliveries the broker may hand this consumer at once (at least 1).
+    pub prefetch: u16,
+    /// The name of the dead-letter queue that [`Outcome::DeadLetter`] moves messages into.
+    pub dead_letter_queue: String,
+}
+
+/// Per-publish options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// Fail with [`ErrorKind::NoResponders`](crate::ErrorKind::NoResponders) when no queue
+    /// takes the message, where the transport can tell.
+    pub mandatory: bool,
+}
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done: remove it.
+    Ack,
+    /// Give it back unchanged (same attempt), preferably to another consumer.
+    Requeue,
+    /// Deliver it again, to this or another consumer, with `attempt + 1`.
+    Retry,
+    /// Move it to the subscription's dead-letter queue, as made by
+    /// [`Envelope::into_dead_letter`] with this reason.
+    DeadLetter {
+        /// Why it could not be handled.
+        reason: String,
+    },
+}
+
+/// Settles one delivery with the broker. Implemented by drivers.
+#[async_trait]
+pub trait Settle: Send + Sync + 'static {
+    /// Applies `outcome`. Called at most once per delivery.
+    async fn settle(self: Box<Self>, outcome: Outcome) -> Result<()>;
+}
+
+/// A received message and the means to settle it.
+///
+/// The envelope is shared (`Arc`), so a driver that must keep a copy until the delivery is
+/// settled — to redeliver it if the consumer dies — or that fans one message out to many
+/// queues keeps a reference instead of cloning the message.
+pub struct Delivery {
+    envelope: Arc<Envelope>,
+    settle: Box<dyn Settle>,
+}
+
+impl Delivery {
+    /// A delivery that `settle` will settle.
+    pub fn new(envelope: impl Into<Arc<Envelope>>, settle: Box<dyn Settle>) -> Self {
+        Self {
+            envelope: envelope.into(),
+            settle,
+        }
+    }
+
+    /// The message.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Settles the delivery with `outcome`.
+    pub async fn settle(self, outcome: Outcome) -> Result<()> {
+        self.settle.settle(outcome).await
+    }
+
+    /// Splits the delivery into its message and its settlement handle.
+    pub fn into_parts(self) -> (Arc<Envelope>, Box<dyn Settle>) {
+        (self.envelope, self.settle)
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("envelope", &self.envelope)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stream of deliveries from one subscription.
+#[async_trait]
+pub trait Consumer: Send + 'static {
+    /// The next delivery; `None` once cancelled or closed. Must be cancel-safe: dropping the
+    /// future loses no delivery.
+    async fn next(&mut self) -> Option<Delivery>;
+    /// Stops receiving. Deliveries not yet settled go back to the queue.
+    async fn cancel(self: Box<Self>) -> Result<()>;
+}
+
+/// A private address where RPC replies arrive.
+pub struct Inbox {
+    /// The address callers put in `reply_to`; servers pass it to [`Provider::send_to`].
+    pub address: String,
+    /// The replies. They need no settling.
+    pub consumer: Box<dyn Consumer>,
+}
+
+impl fmt::Debug for Inbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inbox")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a driver and its broker can do. The conformance suite reports a case whose capability
+/// is missing as unsupported, with the reason, instead of passing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Messages expire after their TTL.
+    pub ttl: bool,
+    /// Group queues keep messages while no member runs.
+    pub durable_groups: bool,
+    /// Unsettled deliveries of a dead connection are redelivered.
+    pub redelivery: bool,
+    /// `PublishOptions::mandatory` is honoured.
+    pub mandatory: bool,
+    /// The largest body the driver promises to carry.
+    pub max_body: usize,
+    /// Reasons for anything above being `false`, shown in conformance output.
+    pub notes: Vec<(&'static str, &'static str)>,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Self {
+            ttl: true,
+            durable_groups: true,
+            redelivery: true,
+            mandatory: true,
+            max_body: 16 * 1024 * 1024,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// Connection health, as a driver reports it through [`Provider::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Connected and working.
+    Connected,
+    /// Lost the connection; trying again.
+    Reconnecting,
+    /// Closed for good.
+    Closed,
+}
+
+/// A transport driver. See the module docs for the contract.
+#[async_trait]
+pub trait Provider: Send + Sync + fmt::Debug + 'static {
+    /// What this driver and broker support.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes to the bus's topic space under `envelope.routing_key`.
+    async fn publish(&self, envelope: Envelope, options: &PublishOptions) -> Result<()>;
+
+    /// Opens a subscription.
+    async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>>;
+
+    /// Opens this connection's reply inbox. Called once per bus; all concurrent calls share it.
+    async fn open_inbox(&self) -> Result<Inbox>;
+
+    /// Sends directly to an inbox address taken from a request's `reply_to`.
+    async fn send_to(&self, address: &str, envelope: Envelope) -> Result<()>;
+
+    /// Consumes the dead-letter queue `name` (as a group: each dead letter goes to one reader).
+    async fn dead_letters(&self, name: &str) -> Result<Box<dyn Consumer>>;
+
+    /// A watchable connection status.
+    fn status(&self) -> tokio::sync::watch::Receiver<Status>;
+
+    /// Closes the connection after pending publishes are flushed. Unsettled deliveries go back
+    /// to their queues.
+    async fn close(&self) -> Result<()>;
+
+    /// Drops the connection at once, as a crashed process would: nothing is flushed or settled.
+    async fn abort(&self);
+}

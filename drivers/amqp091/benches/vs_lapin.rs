@@ -1,0 +1,403 @@
+//! tidings on RabbitMQ against a plain lapin program doing the same work, in one run on the
+//! same broker (`TIDINGS_AMQP091_URL`, default the local RabbitMQ):
+//!
+//! 1. throughput: 100,000 messages of 128 bytes, persistent, publisher confirms (256 in
+//!    flight), one consumer with manual acks and prefetch 256; from the first publish to the
+//!    last ack;
+//! 2. RPC: 10,000 sequential calls, p50 and p99; lapin uses direct reply-to
+//!    (`amq.rabbitmq.reply-to`) without confirms, the fastest plain RPC it has.
+//!
+//! Run: `cargo bench -p tidings-amqp091 --bench vs_lapin`
+//! (`-- --messages N --calls N` for other sizes).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use tidings_core::{Bus, Bytes, Envelope, PublishOptions};
+use tokio::sync::Notify;
+
+const BODY: usize = 128;
+const WINDOW: usize = 256;
+const PREFETCH: u16 = 256;
+
+fn url() -> String {
+    std::env::var("TIDINGS_AMQP091_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn tag() -> String {
+    tidings_core::envelope::new_id()[..8].to_owned()
+}
+
+/// Messages per second through tidings.
+async fn tidings_throughput(n: usize) -> f64 {
+    let exchange = format!("bench-tidings-{}", tag());
+    let bus = Bus::new(
+        tidings_amqp091::connect(&format!("{}?exchange={exchange}", url()))
+            .await
+            .expect("connect"),
+    );
+    let received = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let (r, d) = (received.clone(), done.clone());
+    let group = format!("{exchange}-g");
+    let sub = bus
+        .subscribe::<Envelope>("bench.#")
+        .group(&group)
+        .prefetch(PREFETCH)
+        .handle(move |_| {
+            let (r, d) = (r.clone(), d.clone());
+            async move {
+                if r.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    d.notify_one();
+                }
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribe");
+    let body = Bytes::from(vec![7u8; BODY]);
+    let start = Instant::now();
+    let options = PublishOptions::default();
+    futures::stream::iter(0..n)
+        .map(|_| {
+            let envelope = Envelope::new("bench.item", "application/octet-stream", body.clone());
+            bus.publish_envelope(envelope, &options)
+        })
+        .buffer_unordered(WINDOW)
+        .for_each(|r| async move { r.expect("publish") })
+        .await;
+    done.notified().await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    sub.unsubscribe().await;
+    bus.shutdown().await.ok();
+    cleanup(&exchange, &[format!("{exchange}.group.{group}")]).await;
+    rate
+}
+
+/// Messages per second through plain lapin doing the same.
+async fn lapin_throughput(n: usize) -> f64 {
+    let exchange = format!("bench-lapin-{}", tag());
+    let queue = format!("{exchange}.q");
+    let conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let publisher = conn.create_channel().await.unwrap();
+    publisher
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let consumer_channel = conn.create_channel().await.unwrap();
+    consumer_channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .unwrap();
+    consumer_channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    consumer_channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.as_str().into(),
+            "bench.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut consumer = consumer_channel
+        .basic_consume(
+            queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move {
+        let mut count = 0;
+        while let Some(Ok(delivery)) = consumer.next().await {
+            delivery.ack(BasicAckOptions::default()).await.unwrap();
+            count += 1;
+            if count == n {
+                break;
+            }
+        }
+    });
+    let body = vec![7u8; BODY];
+    let start = Instant::now();
+    let mut in_flight: FuturesUnordered<lapin::PublisherConfirm> = FuturesUnordered::new();
+    for i in 0..n {
+        if in_flight.len() >= WINDOW {
+            in_flight.next().await.unwrap().unwrap();
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(i.to_string().into())
+            .with_content_type("application/octet-stream".into());
+        let confirm = publisher
+            .basic_publish(
+                exchange.as_str().into(),
+                "bench.item".into(),
+                BasicPublishOptions::default(),
+                &body,
+                properties,
+            )
+            .await
+            .unwrap();
+        in_flight.push(confirm);
+    }
+    while let Some(confirm) = in_flight.next().await {
+        confirm.unwrap();
+    }
+    reader.await.unwrap();
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = conn.close(200, "bench".into()).await;
+    cleanup(&exchange, &[queue]).await;
+    rate
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Sequential call latencies through tidings.
+async fn tidings_rpc(calls: usize) -> Vec<Duration> {
+    let exchange = format!("bench-tidings-rpc-{}", tag());
+    let connect = || async {
+        Bus::new(
+            tidings_amqp091::connect(&format!("{}?exchange={exchange}", url()))
+                .await
+                .expect("connect"),
+        )
+    };
+    let server = connect().await;
+    let client = connect().await;
+    let serving = server
+        .serve("bench.echo", |n: u64| async move { Ok(n + 1) })
+        .await
+        .expect("serve");
+    let mut latencies = Vec::with_capacity(calls);
+    for i in 0..calls as u64 + 200 {
+        let t = Instant::now();
+        let reply: u64 = client.call("bench.echo", &i).await.expect("call");
+        assert_eq!(reply, i + 1);
+        if i >= 200 {
+            latencies.push(t.elapsed());
+        }
+    }
+    serving.unsubscribe().await;
+    client.shutdown().await.ok();
+    server.shutdown().await.ok();
+    cleanup(&exchange, &[format!("{exchange}.group.bench.echo")]).await;
+    latencies
+}
+
+/// Sequential call latencies through plain lapin with direct reply-to.
+async fn lapin_rpc(calls: usize) -> Vec<Duration> {
+    let queue = format!("bench-lapin-rpc-{}", tag());
+    let server_conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let client_conn = Connection::connect(&url(), ConnectionProperties::default())
+        .await
+        .unwrap();
+    let server = server_conn.create_channel().await.unwrap();
+    server
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    server
+        .basic_qos(32, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut requests = server
+        .basic_consume(
+            queue.as_str().into(),
+            "server".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let replier = server.clone();
+    let serving = tokio::spawn(async move {
+        while let Some(Ok(request)) = requests.next().await {
+            let n = u64::from_le_bytes(request.data[..8].try_into().unwrap());
+            let reply_to = request.properties.reply_to().clone().unwrap();
+            let properties = BasicProperties::default()
+                .with_correlation_id(request.properties.correlation_id().clone().unwrap());
+            replier
+                .basic_publish(
+                    "".into(),
+                    reply_to,
+                    BasicPublishOptions::default(),
+                    &(n + 1).to_le_bytes(),
+                    properties,
+                )
+                .await
+                .unwrap();
+            request.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    });
+    let client = client_conn.create_channel().await.unwrap();
+    let mut replies = client
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "client".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut latencies = Vec::with_capacity(calls);
+    for i in 0..calls as u64 + 200 {
+        let t = Instant::now();
+        let properties = BasicProperties::default()
+            .with_reply_to("amq.rabbitmq.reply-to".into())
+            .with_correlation_id(i.to_string().into());
+        client
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &i.to_le_bytes(),
+                properties,
+            )
+            .await
+            .unwrap();
+        let reply = replies.next().await.unwrap().unwrap();
+        assert_eq!(
+            u64::from_le_bytes(reply.data[..8].try_into().unwrap()),
+            i + 1
+        );
+        if i >= 200 {
+            latencies.push(t.elapsed());
+        }
+    }
+    serving.abort();
+    let _ = client_conn.close(200, "bench".into()).await;
+    let _ = server_conn.close(200, "bench".into()).await;
+    cleanup("", &[queue]).await;
+    latencies
+}
+
+async fn cleanup(exchange: &str, queues: &[String]) {
+    let Ok(conn) = Connection::connect(&url(), ConnectionProperties::default()).await else {
+        return;
+    };
+    if let Ok(channel) = conn.create_channel().await {
+        for q in queues {
+            let _ = channel
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        if !exchange.is_empty() {
+            let _ = channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+    }
+    let _ = conn.close(200, "cleanup".into()).await;
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() {
+    let messages = arg("--messages", 100_000);
+    let calls = arg("--calls", 10_000);
+    println!(
+        "RabbitMQ at {}",
+        url().split('@').next_back().unwrap_or("?")
+    );
+    println!("warming up...");
+    lapin_throughput(5_000).await;
+    tidings_throughput(5_000).await;
+
+    let lapin_rate = lapin_throughput(messages).await;
+    let tidings_rate = tidings_throughput(messages).await;
+    println!();
+    println!("throughput: {messages} x {BODY} B, confirms ({WINDOW} in flight), manual acks, prefetch {PREFETCH}");
+    println!("  plain lapin : {lapin_rate:>10.0} msg/s");
+    println!("  tidings     : {tidings_rate:>10.0} msg/s");
+    println!(
+        "  ratio       : {:>10.3} (tidings / lapin, target >= 0.95)",
+        tidings_rate / lapin_rate
+    );
+
+    let mut lapin_lat = lapin_rpc(calls).await;
+    let mut tidings_lat = tidings_rpc(calls).await;
+    lapin_lat.sort();
+    tidings_lat.sort();
+    let (lp50, lp99) = (percentile(&lapin_lat, 0.5), percentile(&lapin_lat, 0.99));
+    let (tp50, tp99) = (
+        percentile(&tidings_lat, 0.5),
+        percentile(&tidings_lat, 0.99),
+    );
+    println!();
+    println!("rpc: {calls} sequential calls");
+    println!(
+        "  plain lapin (direct reply-to): p50 {:>7.3} ms  p99 {:>7.3} ms",
+        ms(lp50),
+        ms(lp99)
+    );
+    println!(
+        "  tidings                      : p50 {:>7.3} ms  p99 {:>7.3} ms",
+        ms(tp50),
+        ms(tp99)
+    );
+    println!(
+        "  ratio                        : p50 {:>7.3}     p99 {:>7.3}    (target p50 <= 1.1)",
+        ms(tp50) / ms(lp50),
+        ms(tp99) / ms(lp99)
+    );
+}

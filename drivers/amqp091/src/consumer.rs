@@ -1,0 +1,565 @@
+//! Subscriptions: a channel per subscription with `basic.qos` prefetch and manual acks, a task
+//! that follows the connection across reconnects, and the settlement of each delivery.
+//!
+//! # Settling
+//! - `Ack`: `basic.ack`.
+//! - `Retry`: a copy with `tidings-attempt + 1` is published straight to the same queue through
+//!   the default exchange, confirmed, and only then the original is acked. A crash between the
+//!   two leaves both (at-least-once), never neither. An expired message is acked, not retried.
+//! - `Requeue`: the same, with the attempt unchanged. `basic.reject(requeue)` would set the
+//!   broker's redelivered flag, which this driver counts as an attempt (see below).
+//! - `DeadLetter`: the dead letter (`Envelope::into_dead_letter`) is published to the durable
+//!   dead-letter queue, confirmed, then the original is acked.
+//!
+//! A delivery whose connection died before it was settled is redelivered by the broker with the
+//! redelivered flag set; the driver counts that as one more attempt (the consumer may have died
+//! of this very message), so a message that keeps crashing its consumers still reaches the
+//! dead letters. Deliveries buffered but never handed out when the connection dies are dropped
+//! from the buffer, since the broker redelivers them anyway.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::{Acker, BasicProperties, Channel};
+use tidings_core::envelope::now_ms;
+use tidings_core::{async_trait, Consumer, Delivery, Error, ErrorKind, Outcome, Result, Settle};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::{closed, Shared};
+use crate::errors::transport;
+use crate::publisher::{publish, Target};
+use crate::session::Session;
+use crate::topology::{bind, declare_queue, short, QueueKind};
+use crate::wire;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long `cancel` waits for the broker before it gives up politely.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Where a subscription's dead letters go.
+#[derive(Debug)]
+pub(crate) struct DeadTarget {
+    /// The full dead-letter queue name.
+    pub(crate) queue: String,
+    /// The subscription name recorded in the dead letter (group name or `broadcast`).
+    pub(crate) from: String,
+}
+
+/// What to consume and how.
+#[derive(Debug)]
+pub(crate) struct SubSpec {
+    pub(crate) kind: QueueKind,
+    /// The queue name, or empty for a server-named broadcast queue.
+    pub(crate) queue: String,
+    /// The binding pattern, if the queue is bound to the exchange.
+    pub(crate) pattern: Option<String>,
+    pub(crate) prefetch: u16,
+    /// Deliveries need no settling (the RPC inbox).
+    pub(crate) no_ack: bool,
+    pub(crate) dead: Option<Arc<DeadTarget>>,
+}
+
+/// A consuming channel on one session.
+struct Started {
+    /// Tells this consumer from the ones before and after it.
+    id: u64,
+    channel: Channel,
+    queue: Arc<str>,
+    consumer: lapin::Consumer,
+}
+
+/// What `cancel` and the follower share.
+struct State {
+    spec: SubSpec,
+    cancelled: CancellationToken,
+    /// The channel and tag of the consumer in use, for `basic.cancel`.
+    current: Mutex<Option<(Channel, ShortString)>>,
+    /// The id of the last consumer `next()` saw end; wakes the follower.
+    ended: watch::Sender<u64>,
+}
+
+impl State {
+    /// Stops following reconnects and hands back the consumer in use, if any, to cancel or
+    /// close.
+    fn stop(&self) -> Option<(Channel, ShortString)> {
+        self.cancelled.cancel();
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+/// Opens a subscription: declares, binds and consumes on the current connection (reporting a
+/// refused declaration to the caller), then follows the connection across reconnects.
+pub(crate) async fn open(shared: &Arc<Shared>, spec: SubSpec) -> Result<Box<dyn Consumer>> {
+    let deadline = Instant::now() + shared.config.publish_timeout;
+    let session = shared.session_after(0, deadline).await?;
+    let (channel, tag, started) = start(shared, &session, &spec, 1).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let state = Arc::new(State {
+        spec,
+        cancelled: CancellationToken::new(),
+        current: Mutex::new(Some((channel, tag))),
+        ended: watch::Sender::new(0),
+    });
+    let task = tokio::spawn(follow(shared.clone(), state.clone(), tx, session));
+    Ok(Box::new(AmqpConsumer {
+        starts: rx,
+        current: Some(started),
+        state,
+        shared: shared.clone(),
+        task: Some(task),
+    }))
+}
+
+/// Declares the queue, binds it and starts consuming on a fresh channel of `session`.
+async fn start(
+    shared: &Arc<Shared>,
+    session: &Session,
+    spec: &SubSpec,
+    id: u64,
+) -> Result<(Channel, ShortString, Started)> {
+    let channel = session.connection.create_channel().await.map_err(|e| {
+        transport(
+            ErrorKind::Subscribe,
+            format!("cannot open a channel to subscribe: {e}"),
+            e,
+        )
+    })?;
+    let result = async {
+        if !spec.no_ack {
+            channel
+                .basic_qos(spec.prefetch.max(1), BasicQosOptions::default())
+                .await
+                .map_err(|e| {
+                    transport(
+                        ErrorKind::Subscribe,
+                        format!("cannot set the prefetch: {e}"),
+                        e,
+                    )
+                })?;
+        }
+        let queue = declare_queue(&channel, &spec.queue, &spec.kind).await?;
+        if let Some(pattern) = &spec.pattern {
+            bind(&channel, &queue, &shared.config.exchange, pattern).await?;
+        }
+        let tag = short(
+            "consumer tag",
+            &format!("tidings-{}", tidings_core::envelope::new_id()),
+        )?;
+        let consumer = channel
+            .basic_consume(
+                short("queue name", &queue)?,
+                tag.clone(),
+                BasicConsumeOptions {
+                    no_ack: spec.no_ack,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                transport(
+                    ErrorKind::Subscribe,
+                    format!("cannot consume from queue {queue}: {e}"),
+                    e,
+                )
+            })?;
+        Ok((queue, tag, consumer))
+    }
+    .await;
+    match result {
+        Ok((queue, tag, consumer)) => Ok((
+            channel.clone(),
+            tag,
+            Started {
+                id,
+                channel,
+                queue: queue.into(),
+                consumer,
+            },
+        )),
+        Err(e) => {
+            close_channel(&channel, "subscribe failed").await;
+            Err(e)
+        }
+    }
+}
+
+async fn close_channel(channel: &Channel, why: &str) {
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(STOP_WAIT, channel.close(200, why.into())).await;
+    }
+}
+
+/// Keeps a subscription consuming: waits until its consumer ends (seen by `next()`) or its
+/// connection is replaced, then declares, binds and consumes again and hands the new consumer
+/// to `next()`. Ends (which ends `next()`) when cancelled or when the provider closes.
+async fn follow(
+    shared: Arc<Shared>,
+    state: Arc<State>,
+    tx: mpsc::UnboundedSender<Started>,
+    first: Arc<Session>,
+) {
+    let mut session = first;
+    let mut id = 1;
+    let mut ended = state.ended.subscribe();
+    let mut backoff = MIN_BACKOFF;
+    let forever = Instant::now() + Duration::from_secs(86_400 * 365);
+    loop {
+        // Wait for the running consumer (number `id` on `session`) to end.
+        let generation = session.generation;
+        tokio::select! {
+            _ = state.cancelled.cancelled() => break,
+            _ = shared.closing.cancelled() => break,
+            _ = ended.wait_for(|e| *e >= id) => {}
+            newer = shared.session_after(generation, forever) => if newer.is_err() { break },
+        }
+        if state.cancelled.is_cancelled() || shared.closing.is_cancelled() {
+            break;
+        }
+        let old = state
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let mut after = if session.is_connected() {
+            // The broker ended the consumer (its queue was deleted, its channel closed).
+            tracing::warn!("the broker ended a subscription; subscribing again");
+            if let Some((channel, _)) = &old {
+                close_channel(channel, "resubscribing").await;
+            }
+            generation - 1
+        } else {
+            shared.report_lost();
+            generation
+        };
+        // Start again, on the next live connection.
+        loop {
+            let next = tokio::select! {
+                _ = state.cancelled.cancelled() => return,
+                s = shared.session_after(after, forever) => match s {
+                    Ok(s) => s,
+                    Err(_) => return,
+                },
+            };
+            id += 1;
+            match start(&shared, &next, &state.spec, id).await {
+                Ok((channel, tag, started)) => {
+                    tracing::info!(queue = %started.queue, "subscription resumed");
+                    *state.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((channel.clone(), tag));
+                    if state.cancelled.is_cancelled() || tx.send(started).is_err() {
+                        // Cancelled or dropped meanwhile: the consumer just made must go too.
+                        close_channel(&channel, "cancelled").await;
+                        return;
+                    }
+                    session = next;
+                    backoff = MIN_BACKOFF;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot resume a subscription");
+                    after = if next.is_connected() {
+                        next.generation - 1
+                    } else {
+                        next.generation
+                    };
+                    tokio::select! {
+                        _ = state.cancelled.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
+
+/// What woke `next()`.
+enum Step {
+    /// The follower made a new consumer (or ended: `None`).
+    Fresh(Option<Started>),
+    /// The current consumer yielded (or ended: `None`).
+    Item(Option<lapin::Result<lapin::message::Delivery>>),
+}
+
+/// The `Consumer` handed to the bus. It reads the lapin consumer itself (no task in between,
+/// which keeps RPC latency low); the follower task only replaces that consumer after a
+/// reconnect.
+struct AmqpConsumer {
+    starts: mpsc::UnboundedReceiver<Started>,
+    current: Option<Started>,
+    state: Arc<State>,
+    shared: Arc<Shared>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl AmqpConsumer {
+    /// Wraps a lapin delivery for the bus.
+    fn delivery(&self, queue: &Arc<str>, delivery: lapin::message::Delivery) -> Delivery {
+        let lapin::message::Delivery {
+            routing_key,
+            redelivered,
+            properties,
+            data,
+            acker,
+            ..
+        } = delivery;
+        let body = Bytes::from(data);
+        let envelope = wire::decode(&properties, routing_key.as_str(), redelivered, body.clone());
+        if self.state.spec.no_ack {
+            return Delivery::new(envelope, Box::new(NoSettle));
+        }
+        let settle = AmqpSettle {
+            shared: self.shared.clone(),
+            acker,
+            queue: queue.clone(),
+            dead: self.state.spec.dead.clone(),
+            properties,
+            routing_key,
+            redelivered,
+            body,
+        };
+        Delivery::new(envelope, Box::new(settle))
+    }
+}
+
+#[async_trait]
+impl Consumer for AmqpConsumer {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let Some(current) = self.current.as_mut() else {
+                // Between connections: wait for the follower's next consumer (None: closed).
+                self.current = Some(self.starts.recv().await?);
+                continue;
+            };
+            let step = tokio::select! {
+                biased;
+                fresh = self.starts.recv() => Step::Fresh(fresh),
+                item = current.consumer.next() => Step::Item(item),
+            };
+            let item = match step {
+                Step::Fresh(fresh) => {
+                    self.current = Some(fresh?);
+                    continue;
+                }
+                Step::Item(item) => item,
+            };
+            let Some(current) = self.current.as_mut() else {
+                continue;
+            };
+            match item {
+                Some(Ok(delivery)) => {
+                    // From a channel that already died: the broker redelivers it; handling it
+                    // now would only make a duplicate whose settlement fails.
+                    if !self.state.spec.no_ack && delivery.acker.poisoned() {
+                        continue;
+                    }
+                    let queue = current.queue.clone();
+                    return Some(self.delivery(&queue, delivery));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, queue = %current.queue, "consumer ended");
+                    let id = current.id;
+                    self.current = None;
+                    self.state.ended.send_replace(id);
+                }
+                None => {
+                    let id = current.id;
+                    self.current = None;
+                    self.state.ended.send_replace(id);
+                }
+            }
+        }
+    }
+
+    async fn cancel(mut self: Box<Self>) -> Result<()> {
+        let active = self.state.stop();
+        if let Some((channel, tag)) = &active {
+            if channel.status().connected() {
+                // After cancel-ok the lapin consumer ends once its buffered deliveries are read.
+                let cancel = channel.basic_cancel(tag.clone(), BasicCancelOptions::default());
+                let _ = tokio::time::timeout(STOP_WAIT, cancel).await;
+            }
+        }
+        if let Some(mut task) = self.task.take() {
+            if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+        // A consumer started while we were cancelling is not wanted either.
+        let mut latest = self.current.take();
+        while let Ok(fresh) = self.starts.try_recv() {
+            if let Some(old) = latest.replace(fresh) {
+                close_channel(&old.channel, "unsubscribed").await;
+            }
+        }
+        // Prefetched deliveries nobody took go back unchanged (same attempt). A broadcast
+        // queue is deleted with its consumer, so there is nothing to give back to.
+        let give_back = !self.state.spec.no_ack
+            && matches!(
+                self.state.spec.kind,
+                QueueKind::Group { .. } | QueueKind::DeadLetters
+            )
+            && !self
+                .shared
+                .aborted
+                .load(std::sync::atomic::Ordering::Acquire);
+        if let Some(mut started) = latest {
+            while give_back_one(&self, &mut started, give_back).await {}
+            close_channel(&started.channel, "unsubscribed").await;
+        }
+        if let Some((channel, _)) = active {
+            close_channel(&channel, "unsubscribed").await;
+        }
+        Ok(())
+    }
+}
+
+/// Gives back the next buffered delivery of a cancelled consumer; false when there is none
+/// (or nothing should be given back).
+async fn give_back_one(consumer: &AmqpConsumer, started: &mut Started, give_back: bool) -> bool {
+    if !give_back {
+        return false;
+    }
+    let Ok(Some(Ok(delivery))) = tokio::time::timeout(STOP_WAIT, started.consumer.next()).await
+    else {
+        return false;
+    };
+    if delivery.acker.poisoned() {
+        return false;
+    }
+    let queue = started.queue.clone();
+    if let Err(e) = consumer
+        .delivery(&queue, delivery)
+        .settle(Outcome::Requeue)
+        .await
+    {
+        tracing::debug!(error = %e, "could not give back a prefetched delivery; the broker redelivers it");
+    }
+    true
+}
+
+impl Drop for AmqpConsumer {
+    fn drop(&mut self) {
+        if self.state.cancelled.is_cancelled() {
+            return;
+        }
+        // Dropped without cancel: stop following and close the channel so the broker requeues
+        // what this consumer held.
+        let active = self.state.stop();
+        if let (Some((channel, _)), Ok(handle)) = (active, tokio::runtime::Handle::try_current()) {
+            handle.spawn(async move { close_channel(&channel, "consumer dropped").await });
+        }
+    }
+}
+
+/// Settles an inbox delivery: nothing to do, it was consumed without acks.
+struct NoSettle;
+
+#[async_trait]
+impl Settle for NoSettle {
+    async fn settle(self: Box<Self>, _outcome: Outcome) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Settles one delivery of a subscription.
+struct AmqpSettle {
+    shared: Arc<Shared>,
+    acker: Acker,
+    /// The queue it came from: where retried and requeued copies go.
+    queue: Arc<str>,
+    dead: Option<Arc<DeadTarget>>,
+    /// The message as received, decoded again only when a copy must be published.
+    properties: BasicProperties,
+    routing_key: ShortString,
+    redelivered: bool,
+    body: Bytes,
+}
+
+impl AmqpSettle {
+    async fn ack(&self) -> Result<()> {
+        match self.acker.ack(BasicAckOptions::default()).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(lost_before_settle()),
+            Err(e) => Err(transport(
+                ErrorKind::Connection,
+                format!("{}: {e}", lost_before_settle().message()),
+                e,
+            )),
+        }
+    }
+
+    fn envelope(&self) -> tidings_core::Envelope {
+        wire::decode(
+            &self.properties,
+            self.routing_key.as_str(),
+            self.redelivered,
+            self.body.clone(),
+        )
+    }
+
+    /// Publishes a copy of the message straight to this queue, then acks the original.
+    async fn copy_back(&self, attempt_step: u32) -> Result<()> {
+        let mut envelope = self.envelope();
+        if envelope.is_expired_at(now_ms()) {
+            tracing::debug!(id = %envelope.id, "expired while being handled; dropped");
+            return self.ack().await;
+        }
+        envelope.attempt = envelope.attempt.saturating_add(attempt_step);
+        publish(&self.shared, &Target::queue(&self.queue)?, &envelope, false).await?;
+        self.ack().await
+    }
+}
+
+fn lost_before_settle() -> Error {
+    Error::new(
+        ErrorKind::Connection,
+        "the channel of this delivery closed before it was settled (connection lost or \
+         subscription cancelled); the broker redelivers it",
+    )
+}
+
+#[async_trait]
+impl Settle for AmqpSettle {
+    async fn settle(self: Box<Self>, outcome: Outcome) -> Result<()> {
+        if self
+            .shared
+            .aborted
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(closed());
+        }
+        if self.acker.poisoned() {
+            return Err(lost_before_settle());
+        }
+        match outcome {
+            Outcome::Ack => self.ack().await,
+            Outcome::Requeue => self.copy_back(0).await,
+            Outcome::Retry => self.copy_back(1).await,
+            Outcome::DeadLetter { reason } => {
+                let Some(dead) = self.dead.clone() else {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "this subscription has no dead-letter queue",
+                    ));
+                };
+                let letter = self.envelope().into_dead_letter(&reason, &dead.from);
+                crate::provider::ensure_dead_queue(&self.shared, &dead.queue).await?;
+                publish(&self.shared, &Target::queue(&dead.queue)?, &letter, false).await?;
+                self.ack().await
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! [`AmqpProvider`]: the tidings `Provider` on RabbitMQ.
+
+use std::sync::Arc;
+
+use tidings_core::provider::Status;
+use tidings_core::{
+    async_trait, Capabilities, Consumer, Envelope, ErrorKind, Inbox, Mode, Provider,
+    PublishOptions, Result, SubscribeSpec,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::connection::{closed, Shared};
+use crate::consumer::{self, DeadTarget, SubSpec};
+use crate::errors::transport;
+use crate::publisher::{publish, Target};
+use crate::topology::{dead_queue, declare_queue, group_queue, inbox_queue, QueueKind};
+
+/// How many dead letters a reader may hold unsettled.
+const DEAD_LETTER_PREFETCH: u16 = 64;
+
+/// A connection to RabbitMQ over AMQP 0.9.1. Made by [`connect`](crate::connect).
+pub struct AmqpProvider {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AmqpProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpProvider")
+            .field("url", &self.shared.config.redacted)
+            .field("exchange", &self.shared.config.exchange)
+            .finish()
+    }
+}
+
+impl AmqpProvider {
+    /// Connects; fails at once when the broker cannot be reached.
+    pub(crate) async fn connect(config: Config) -> Result<Self> {
+        Ok(Self {
+            shared: Shared::connect(config).await?,
+        })
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shared.closing.is_cancelled() {
+            return Err(closed());
+        }
+        Ok(())
+    }
+}
+
+/// Declares the durable dead-letter queue `queue` once per connection.
+pub(crate) async fn ensure_dead_queue(shared: &Arc<Shared>, queue: &str) -> Result<()> {
+    let deadline = Instant::now() + shared.config.publish_timeout;
+    let session = shared.session_after(0, deadline).await?;
+    if session.mark_declared(queue) {
+        return Ok(());
+    }
+    let result = async {
+        let channel = session.connection.create_channel().await.map_err(|e| {
+            transport(
+                ErrorKind::Connection,
+                format!("cannot open a channel: {e}"),
+                e,
+            )
+        })?;
+        let declared = declare_queue(&channel, queue, &QueueKind::DeadLetters).await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "declared".into()).await;
+        }
+        declared.map(|_| ())
+    }
+    .await;
+    if result.is_err() {
+        session.forget_declared(queue);
+    }
+    result
+}
+
+#[async_trait]
+impl Provider for AmqpProvider {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    async fn publish(&self, envelope: Envelope, options: &PublishOptions) -> Result<()> {
+        self.check_open()?;
+        let target = Target::topic(&self.shared.config.exchange, &envelope.routing_key)?;
+        publish(&self.shared, &target, &envelope, options.mandatory).await
+    }
+
+    async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {
+        self.check_open()?;
+        let exchange = &self.shared.config.exchange;
+        let (kind, queue, from) = match &spec.mode {
+            Mode::Broadcast => (QueueKind::Broadcast, String::new(), "broadcast".to_owned()),
+            Mode::Group { name, durable } => (
+                QueueKind::Group { durable: *durable },
+                group_queue(exchange, name),
+                name.clone(),
+            ),
+        };
+        let dead = DeadTarget {
+            queue: dead_queue(exchange, &spec.dead_letter_queue),
+            from,
+        };
+        consumer::open(
+            &self.shared,
+            SubSpec {
+                kind,
+                queue,
+                pattern: Some(spec.pattern.to_string()),
+                prefetch: spec.prefetch,
+                no_ack: false,
+                dead: Some(Arc::new(dead)),
+            },
+        )
+        .await
+    }
+
+    async fn open_inbox(&self) -> Result<Inbox> {
+        self.check_open()?;
+        let address = inbox_queue(&self.shared.config.exchange);
+        let consumer = consumer::open(
+            &self.shared,
+            SubSpec {
+                kind: QueueKind::Inbox,
+                queue: address.clone(),
+                pattern: None,
+                prefetch: 0,
+                no_ack: true,
+                dead: None,
+            },
+        )
+        .await?;
+        Ok(Inbox { address, consumer })
+    }
+
+    async fn send_to(&self, address: &str, envelope: Envelope) -> Result<()> {
+        self.check_open()?;
+        publish(&self.shared, &Target::queue(address)?, &envelope, false).await
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<Box<dyn Consumer>> {
+        self.check_open()?;
+        let queue = dead_queue(&self.shared.config.exchange, name);
+        consumer::open(
+            &self.shared,
+            SubSpec {
+                kind: QueueKind::DeadLetters,
+                queue: queue.clone(),
+                pattern: None,
+                prefetch: DEAD_LETTER_PREFETCH,
+                no_ack: false,
+                dead: Some(Arc::new(DeadTarget {
+                    queue,
+                    from: name.to_owned(),
+                })),
+            },
+        )
+        .await
+    }
+
+    fn status(&self) -> watch::Receiver<Status> {
+        self.shared.status()
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.shared.closing.is_cancelled() {
+            return Ok(());
+        }
+        self.shared.flush(self.shared.config.publish_timeout).await;
+        self.shared.shut(false).await;
+        Ok(())
+    }
+
+    async fn abort(&self) {
+        self.shared.shut(true).await;
+    }
+}
+
+impl Drop for AmqpProvider {
+    fn drop(&mut self) {
+        // Stops the supervisor and the subscriptions; lapin closes the socket when the last
+        // handle goes.
+        self.shared.closing.cancel();
+    }
+}

@@ -1,0 +1,245 @@
+//! One live AMQP connection and its publishing channels. A reconnect makes a new session; the
+//! old one is dropped with everything that was bound to it.
+//!
+//! # Publishing
+//! Ordinary publishes share one channel in confirm mode, pipelined: each publish queues its
+//! frames and then waits for its own confirm without holding any lock, so thousands can be in
+//! flight at once. lapin registers a publish's confirm (its delivery tag) and queues its frames
+//! under two separate locks; two tasks racing between those steps would get each other's
+//! confirms, so that short synchronous step runs under a mutex (never held across an await).
+//!
+//! Mandatory publishes (RPC requests) go to a small pool of channels, each with one publish in
+//! flight: lapin hands a `basic.return` to whichever confirm completes next on the channel, so
+//! only a channel with a single outstanding publish can say for sure which message came back.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tidings_core::{ErrorKind, Result};
+
+use crate::config::Config;
+use crate::errors::transport;
+use crate::topology::declare_exchange;
+
+/// How many channels carry mandatory publishes concurrently.
+const MANDATORY_CHANNELS: usize = 4;
+
+/// What the broker said about a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// Stored (or routed) and confirmed.
+    Confirmed,
+    /// Mandatory and no queue took it.
+    Returned,
+    /// The broker refused it (`basic.nack`).
+    Nacked,
+}
+
+/// A confirm-mode channel, replaced when the broker closes it.
+struct ConfirmChannel {
+    current: Mutex<Option<Channel>>,
+    reopen: tokio::sync::Mutex<()>,
+}
+
+impl ConfirmChannel {
+    fn new(channel: Option<Channel>) -> Self {
+        Self {
+            current: Mutex::new(channel),
+            reopen: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn live(&self) -> Option<Channel> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|c| c.status().connected())
+            .cloned()
+    }
+
+    /// The channel, opened again if the broker closed it (for example after a publish to a
+    /// deleted exchange).
+    async fn get(&self, connection: &Connection) -> lapin::Result<Channel> {
+        if let Some(channel) = self.live() {
+            return Ok(channel);
+        }
+        let _one_at_a_time = self.reopen.lock().await;
+        if let Some(channel) = self.live() {
+            return Ok(channel);
+        }
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+/// One live connection.
+pub(crate) struct Session {
+    /// Counts sessions of one provider; consumers follow it to notice a reconnect.
+    pub(crate) generation: u64,
+    pub(crate) connection: Connection,
+    publisher: ConfirmChannel,
+    /// Serialises lapin's "register confirm + queue frames" step (see the module docs).
+    send_order: Mutex<()>,
+    mandatory: Vec<tokio::sync::Mutex<ConfirmChannel>>,
+    next_mandatory: AtomicUsize,
+    /// Dead-letter queues already declared on this connection.
+    declared: Mutex<std::collections::HashSet<String>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Connects, declares the exchange and opens the publishing channel.
+    pub(crate) async fn open(config: &Config, generation: u64) -> Result<Arc<Self>> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("tidings ({})", config.exchange).into());
+        let connection = Connection::connect(&config.lapin_uri, properties)
+            .await
+            .map_err(|e| {
+                transport(
+                    ErrorKind::Connection,
+                    format!(
+                        "cannot connect to {}: {e}; check that RabbitMQ runs there and that the \
+                         user, password and vhost are right",
+                        config.redacted
+                    ),
+                    e,
+                )
+            })?;
+        let channel = connection.create_channel().await.map_err(|e| {
+            transport(
+                ErrorKind::Connection,
+                format!("cannot open a channel on {}: {e}", config.redacted),
+                e,
+            )
+        })?;
+        declare_exchange(&channel, &config.exchange).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| {
+                transport(
+                    ErrorKind::Connection,
+                    format!("cannot enable publisher confirms: {e}"),
+                    e,
+                )
+            })?;
+        Ok(Arc::new(Self {
+            generation,
+            connection,
+            publisher: ConfirmChannel::new(Some(channel)),
+            send_order: Mutex::new(()),
+            mandatory: (0..MANDATORY_CHANNELS)
+                .map(|_| tokio::sync::Mutex::new(ConfirmChannel::new(None)))
+                .collect(),
+            next_mandatory: AtomicUsize::new(0),
+            declared: Mutex::new(Default::default()),
+        }))
+    }
+
+    /// Whether the connection is still up.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    /// Whether `queue` was already declared on this connection; marks it declared.
+    pub(crate) fn mark_declared(&self, queue: &str) -> bool {
+        !self
+            .declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(queue.to_owned())
+    }
+
+    /// Forgets a declaration (it failed, or the queue may have been deleted).
+    pub(crate) fn forget_declared(&self, queue: &str) {
+        self.declared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(queue);
+    }
+
+    /// Publishes and waits for the broker's confirm.
+    pub(crate) async fn publish(
+        &self,
+        exchange: &ShortString,
+        routing_key: &ShortString,
+        mandatory: bool,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> lapin::Result<Sent> {
+        if mandatory {
+            let i = self.next_mandatory.fetch_add(1, Ordering::Relaxed) % self.mandatory.len();
+            // Held until the confirm arrives: one publish in flight on this channel.
+            let slot = self.mandatory[i].lock().await;
+            let channel = slot.get(&self.connection).await?;
+            let options = BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let confirm = channel
+                .basic_publish(
+                    exchange.clone(),
+                    routing_key.clone(),
+                    options,
+                    body,
+                    properties,
+                )
+                .await?
+                .await?;
+            return Ok(outcome(confirm));
+        }
+        let channel = self.publisher.get(&self.connection).await?;
+        let mut publish = Box::pin(channel.basic_publish(
+            exchange.clone(),
+            routing_key.clone(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        ));
+        // The first poll registers the confirm and queues the frames, synchronously.
+        let first = {
+            let _order = self.send_order.lock().unwrap_or_else(|p| p.into_inner());
+            let waker = futures::task::noop_waker();
+            publish.as_mut().poll(&mut Context::from_waker(&waker))
+        };
+        let confirm = match first {
+            Poll::Ready(result) => result?,
+            Poll::Pending => publish.await?,
+        };
+        Ok(outcome(confirm.await?))
+    }
+
+    /// Closes the connection politely: the broker requeues what was not acked.
+    pub(crate) async fn close(&self) {
+        if self.is_connected() {
+            if let Err(e) = self.connection.close(200, "tidings: closed".into()).await {
+                tracing::debug!(error = %e, "closing the AMQP connection failed");
+            }
+        }
+    }
+}
+
+fn outcome(confirmation: Confirmation) -> Sent {
+    match confirmation {
+        Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)) => Sent::Returned,
+        Confirmation::Ack(None) | Confirmation::NotRequested => Sent::Confirmed,
+        Confirmation::Nack(None) => Sent::Nacked,
+    }
+}

@@ -1,0 +1,392 @@
+//! Fault tests against the local RabbitMQ: a consumer killed with SIGKILL, the broker closing
+//! every connection of a bus mid-flow, and a broker restart (`stop_app`/`start_app`). Each
+//! asserts that no message is lost. They run one at a time (a global lock) and always restore
+//! the broker.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tidings_core::provider::Status;
+use tidings_core::Bus;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Serialises the fault tests: they disturb the shared broker.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Set in the child process that `kill_9_consumer` starts: `<exchange> <group>`.
+const CHILD_ENV: &str = "TIDINGS_AMQP091_FAULT_CHILD";
+
+async fn bus(exchange: &str) -> Bus {
+    let url = support::url_with(&format!("exchange={exchange}&publish_timeout_ms=60000"));
+    Bus::new(
+        tidings_amqp091::connect(&url)
+            .await
+            .expect("broker reachable"),
+    )
+}
+
+fn exchange(test: &str) -> String {
+    let id = tidings_core::envelope::new_id();
+    format!("fault-{test}-{}", &id[..8])
+}
+
+/// Deletes the exchange and its queues when the test ends, even when it fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let exchange = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .expect("runtime")
+                .block_on(support::cleanup(&exchange));
+        })
+        .join();
+    }
+}
+
+fn rabbitmqctl(args: &[&str]) -> String {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The child side of `kill_9_consumer`: joins the group and hangs in the first handler.
+#[tokio::test]
+#[ignore = "started by kill_9_consumer as a child process"]
+async fn fault_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let (exchange, group) = spec.split_once(' ').expect("exchange and group");
+    let bus = bus(exchange).await;
+    bus.subscribe::<u32>("work")
+        .group(group)
+        .prefetch(10)
+        .handle(|n| async move {
+            use std::io::Write;
+            println!("HANDLING {n}");
+            let _ = std::io::stdout().flush();
+            std::future::pending::<()>().await;
+            Ok(())
+        })
+        .await
+        .expect("subscribe");
+    println!("READY");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::future::pending::<()>().await;
+}
+
+type Lines = tokio::io::Lines<BufReader<tokio::process::ChildStdout>>;
+
+/// Reads the child's output up to the first line containing `prefix`.
+async fn wait_line(mut lines: Lines, prefix: &str) -> (String, Lines) {
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) if line.contains(prefix) => return (line, lines),
+            Ok(Some(_)) => {}
+            other => panic!("child ended before printing {prefix}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_consumer_hands_its_unacked_messages_to_another_worker() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let exchange = exchange("kill9");
+    let _cleanup = Cleanup(exchange.clone());
+    let group = format!("{exchange}-workers");
+
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "fault_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, format!("{exchange} {group}"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("child starts");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (_, lines) = tokio::time::timeout(Duration::from_secs(30), wait_line(lines, "READY"))
+        .await
+        .expect("child ready in time");
+
+    let publisher = bus(&exchange).await;
+    for n in 0..20u32 {
+        publisher.emit("work", &n).await.expect("publish");
+    }
+    let (line, _) = tokio::time::timeout(Duration::from_secs(30), wait_line(lines, "HANDLING"))
+        .await
+        .expect("child started handling");
+    println!("child: {line}; killing it with SIGKILL");
+    child.start_kill().expect("SIGKILL");
+    let status = child.wait().await.expect("child reaped");
+    println!("child exit: {status}");
+
+    let survivor = bus(&exchange).await;
+    let seen: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let sink = seen.clone();
+    survivor
+        .subscribe::<u32>("work")
+        .group(&group)
+        .handle_message(move |m| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().insert(*m.event(), m.attempt());
+                Ok(())
+            }
+        })
+        .await
+        .expect("survivor subscribes");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().len() < 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let missing: Vec<u32> = (0..20).filter(|n| !seen.contains_key(n)).collect();
+    assert!(missing.is_empty(), "lost after SIGKILL: {missing:?}");
+    let redelivered = seen.values().filter(|a| **a >= 2).count();
+    println!("all 20 delivered to the survivor; {redelivered} counted as attempt >= 2");
+    assert!(
+        seen[&0] >= 2,
+        "the message being handled when the child died should be attempt 2"
+    );
+    publisher.shutdown().await.ok();
+    survivor.shutdown().await.ok();
+}
+
+/// Closes, from the broker side, every connection of the buses on `exchange` (the driver names
+/// its connections `tidings (<exchange>)`). This is what `rabbitmqctl close_all_connections`
+/// does, limited to this test's connections so other users of the shared broker are spared.
+fn close_connections_of(exchange: &str) -> usize {
+    let listing = rabbitmqctl(&[
+        "list_connections",
+        "pid",
+        "client_properties",
+        "--formatter",
+        "json",
+        "-q",
+    ]);
+    let connections: serde_json::Value = serde_json::from_str(&listing).unwrap_or_default();
+    let wanted = format!("tidings ({exchange})");
+    let mut closed = 0;
+    for c in connections.as_array().into_iter().flatten() {
+        let mine = c
+            .get("client_properties")
+            .is_some_and(|p| p.to_string().contains(&wanted));
+        if let (true, Some(pid)) = (mine, c.get("pid").and_then(|p| p.as_str())) {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "fault test: closed by the broker"])
+                .output();
+            closed += 1;
+        }
+    }
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_closing_connections_mid_flow_loses_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let exchange = exchange("closeall");
+    let _cleanup = Cleanup(exchange.clone());
+    let group = format!("{exchange}-g");
+    const TOTAL: u32 = 10_000;
+
+    let consumer = bus(&exchange).await;
+    let seen: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let sink = seen.clone();
+    consumer
+        .subscribe::<u32>("flow.#")
+        .group(&group)
+        .prefetch(256)
+        .concurrency(8)
+        .handle(move |n| {
+            let sink = sink.clone();
+            async move {
+                *sink.lock().unwrap().entry(n).or_default() += 1;
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribe");
+    let mut status = consumer.status();
+
+    let publisher = bus(&exchange).await;
+    let publishing = tokio::spawn({
+        let publisher = publisher.clone();
+        async move {
+            futures::stream::iter(0..TOTAL)
+                .map(|n| {
+                    let publisher = publisher.clone();
+                    async move { publisher.emit("flow.item", &n).await.map_err(|e| (n, e)) }
+                })
+                .buffer_unordered(64)
+                .filter_map(|r| async move { r.err() })
+                .collect::<Vec<_>>()
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() < (TOTAL / 3) as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let at = seen.lock().unwrap().len();
+    let closed = tokio::task::spawn_blocking({
+        let exchange = exchange.clone();
+        move || close_connections_of(&exchange)
+    })
+    .await
+    .unwrap();
+    println!("closed {closed} connections from the broker side after {at} of {TOTAL} messages");
+    assert!(
+        closed >= 2,
+        "expected to close the publisher's and the consumer's connections"
+    );
+
+    let failures = publishing.await.expect("publisher task");
+    assert!(
+        failures.is_empty(),
+        "publishes failed: {:?}",
+        &failures[..failures.len().min(5)]
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while seen.lock().unwrap().len() < TOTAL as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let missing: Vec<u32> = (0..TOTAL).filter(|n| !seen.contains_key(n)).collect();
+    let duplicates: u32 = seen.values().map(|c| c - 1).sum();
+    println!(
+        "delivered {} distinct of {TOTAL}; {duplicates} duplicate deliveries (at-least-once redelivery after the reconnect)",
+        seen.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(
+        *status.borrow_and_update(),
+        Status::Connected,
+        "status after reconnect"
+    );
+    publisher.shutdown().await.ok();
+    consumer.shutdown().await.ok();
+}
+
+/// Starts the broker app again when dropped, so a failing test never leaves it stopped.
+struct RestartGuard;
+
+impl Drop for RestartGuard {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .arg("start_app")
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_group_survives_a_broker_restart() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let exchange = exchange("restart");
+    let _cleanup = Cleanup(exchange.clone());
+    let group = format!("{exchange}-g");
+    const TOTAL: u32 = 1_000;
+
+    let bus = bus(&exchange).await;
+    // Create the durable group queue, then leave it with no member.
+    let sub = bus
+        .subscribe::<u32>("stock.#")
+        .group(&group)
+        .handle(|_| async { Ok(()) })
+        .await
+        .expect("subscribe");
+    sub.unsubscribe().await;
+    for n in 0..TOTAL {
+        bus.emit("stock.item", &n).await.expect("publish");
+    }
+    let mut status = bus.status();
+
+    let restart = RestartGuard;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        status.wait_for(|s| *s == Status::Reconnecting),
+    )
+    .await
+    .expect("status goes to Reconnecting")
+    .expect("watch");
+    // A publish during the outage waits for the broker instead of failing or vanishing.
+    let during = tokio::spawn({
+        let bus = bus.clone();
+        async move { bus.emit("stock.item", &TOTAL).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
+        .await
+        .unwrap();
+    drop(restart);
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| *s == Status::Connected),
+    )
+    .await
+    .expect("reconnected after start_app")
+    .expect("watch");
+    during
+        .await
+        .unwrap()
+        .expect("the publish made during the outage succeeds after it");
+
+    let seen: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let sink = seen.clone();
+    bus.subscribe::<u32>("stock.#")
+        .group(&group)
+        .prefetch(256)
+        .handle(move |n| {
+            let sink = sink.clone();
+            async move {
+                *sink.lock().unwrap().entry(n).or_default() += 1;
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribe after restart");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().unwrap().len() <= TOTAL as usize && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let missing: Vec<u32> = (0..=TOTAL).filter(|n| !seen.contains_key(n)).collect();
+    println!(
+        "after the restart: {} distinct of {}",
+        seen.len(),
+        TOTAL + 1
+    );
+    assert!(
+        missing.is_empty(),
+        "{} lost across the restart, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    bus.shutdown().await.ok();
+}

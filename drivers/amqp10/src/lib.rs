@@ -1,0 +1,47 @@
+//! tidings driver for AMQP 1.0 brokers, on [fe2o3-amqp](https://docs.rs/fe2o3-amqp).
+//!
+//! URL: `amqp10://user:pass@host:port[/vhost][?exchange=X&management=http://host:15672]`
+//! (`amqp10s://` for TLS, default port 5671: rustls with the system trust store). Without a
+//! user the driver authenticates with SASL ANONYMOUS.
+//! Query parameters: `exchange` (the topic space, default `tidings`), `management` (the
+//! RabbitMQ management API, default `http://host:15672`), `dialect` (default `rabbitmq`),
+//! `publish_timeout_ms` (how long a publish waits for a lost connection, default 30000).
+//!
+//! The core of the driver is plain AMQP 1.0: one connection and session, one sender link per
+//! target address shared by all publishers, with pipelined unsettled transfers (a publish
+//! returns on `accepted`), one receiver link per subscription with the prefetch as link
+//! credit, settled with `accepted`. Broker specifics (how queues are named, declared and
+//! bound) live in small dialect modules (`src/dialect/`).
+//! See `docs/wire-format-amqp10.md` for the message mapping and `docs/brokers/rabbitmq.md`
+//! for RabbitMQ.
+
+use std::sync::Arc;
+
+use tidings_core::{Capabilities, Provider, Result};
+
+mod config;
+mod connection;
+mod dialect;
+mod provider;
+mod receiver;
+mod sender;
+mod tls;
+mod wire;
+
+pub use provider::Amqp10Provider;
+
+/// Connects to the broker at `url`.
+pub async fn connect(url: &str) -> Result<Arc<dyn Provider>> {
+    Ok(Arc::new(Amqp10Provider::connect(url).await?))
+}
+
+/// What this driver supports (the same for every connection).
+pub fn capabilities() -> Capabilities {
+    provider::capabilities()
+}
+
+/// Deletes the topic space (exchange) named by `url` and every queue the driver declared in
+/// it. Meant for tests and tear-downs; never needed in normal operation.
+pub async fn delete_topology(url: &str) -> Result<()> {
+    provider::delete_topology(url).await
+}

@@ -1,0 +1,232 @@
+//! [`Amqp10Provider`]: the tidings `Provider` on one AMQP 1.0 connection.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tidings_core::{
+    Capabilities, Consumer, Envelope, Error, ErrorKind, Inbox, Mode, Provider, PublishOptions,
+    Result, Status, SubscribeSpec,
+};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::connection::Shared;
+use crate::dialect::{self, QueueSpec};
+use crate::receiver::{AmqpConsumer, ReceiverSpec};
+use crate::sender::SenderPool;
+use crate::wire;
+
+/// Link credit of the reply inbox: replies are small and need no flow control of their own.
+const INBOX_CREDIT: u32 = 256;
+/// Link credit of a dead-letter reader.
+const DEAD_LETTER_CREDIT: u32 = 64;
+
+/// One connection to an AMQP 1.0 broker, reconnecting on its own.
+pub struct Amqp10Provider {
+    shared: Arc<Shared>,
+    pool: Arc<SenderPool>,
+    /// Where publishes go, computed once rather than per message.
+    topic_address: String,
+}
+
+impl fmt::Debug for Amqp10Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Amqp10Provider")
+            .field("url", &self.shared.config.redacted)
+            .field("status", &*self.shared.status.borrow())
+            .finish()
+    }
+}
+
+impl Amqp10Provider {
+    /// Connects to `url` (see the crate docs for its form).
+    pub async fn connect(url: &str) -> Result<Self> {
+        let config = Config::parse(url)?;
+        let dialect = dialect::for_config(&config)?;
+        let shared = Shared::start(config, dialect).await?;
+        if let Err(e) = shared.dialect.declare_topic_space().await {
+            shared.shutdown.cancel();
+            return Err(e);
+        }
+        let pool = Arc::new(SenderPool::new(shared.clone()));
+        let topic_address = shared.dialect.topic_address();
+        Ok(Self {
+            shared,
+            pool,
+            topic_address,
+        })
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "this amqp10:// connection is closed",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, spec: ReceiverSpec) -> Result<Box<dyn Consumer>> {
+        self.check_open()?;
+        Ok(Box::new(
+            AmqpConsumer::start(self.shared.clone(), self.pool.clone(), spec).await?,
+        ))
+    }
+
+    fn dead_letter_spec(&self, name: &str) -> QueueSpec {
+        QueueSpec {
+            name: self.shared.dialect.dead_letter_queue(name),
+            durable: true,
+            auto_delete: false,
+            binding: None,
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for Amqp10Provider {
+    fn capabilities(&self) -> Capabilities {
+        capabilities()
+    }
+
+    async fn publish(&self, envelope: Envelope, options: &PublishOptions) -> Result<()> {
+        self.check_open()?;
+        if options.mandatory
+            && self.shared.dialect.is_routed(&envelope.routing_key).await? == Some(false)
+        {
+            return Err(Error::new(
+                ErrorKind::NoResponders,
+                format!(
+                    "no subscription is bound to routing key {:?}",
+                    envelope.routing_key
+                ),
+            ));
+        }
+        self.pool
+            .send(&self.topic_address, wire::encode(envelope, true))
+            .await
+    }
+
+    async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {
+        let dialect = &self.shared.dialect;
+        let (queue, from) = match &spec.mode {
+            Mode::Broadcast => (
+                QueueSpec {
+                    name: dialect.private_queue("broadcast", &tidings_core::envelope::new_id()),
+                    durable: false,
+                    auto_delete: true,
+                    binding: Some(spec.pattern.clone()),
+                },
+                "broadcast".to_owned(),
+            ),
+            Mode::Group { name, durable } => (
+                QueueSpec {
+                    name: dialect.group_queue(name),
+                    durable: *durable,
+                    auto_delete: !*durable,
+                    binding: Some(spec.pattern.clone()),
+                },
+                name.clone(),
+            ),
+        };
+        let dead = self.dead_letter_spec(&spec.dead_letter_queue);
+        let receiver = ReceiverSpec {
+            address: dialect.queue_address(&queue.name),
+            queue_address: dialect.queue_address(&queue.name),
+            durable: queue.durable,
+            dead_letter_address: dialect.queue_address(&dead.name),
+            declare: vec![queue, dead],
+            credit: u32::from(spec.prefetch.max(1)),
+            from,
+            count_redelivery: true,
+        };
+        self.consume(receiver).await
+    }
+
+    async fn open_inbox(&self) -> Result<Inbox> {
+        let dialect = &self.shared.dialect;
+        let queue = QueueSpec {
+            name: dialect.private_queue("inbox", &tidings_core::envelope::new_id()),
+            durable: false,
+            auto_delete: true,
+            binding: None,
+        };
+        let address = dialect.queue_address(&queue.name);
+        let dead = self.dead_letter_spec("inbox");
+        let receiver = ReceiverSpec {
+            address: address.clone(),
+            queue_address: address.clone(),
+            durable: false,
+            dead_letter_address: dialect.queue_address(&dead.name),
+            declare: vec![queue],
+            credit: INBOX_CREDIT,
+            from: "inbox".to_owned(),
+            count_redelivery: false,
+        };
+        let consumer = self.consume(receiver).await?;
+        Ok(Inbox { address, consumer })
+    }
+
+    async fn send_to(&self, address: &str, envelope: Envelope) -> Result<()> {
+        self.check_open()?;
+        match self.pool.send(address, wire::encode(envelope, false)).await {
+            Err(e) if e.kind() == ErrorKind::Publish && e.message().contains("cannot send to") => {
+                // The inbox is gone (its caller left): like a reply nobody waits for.
+                tracing::debug!(address, error = %e, "reply to a gone inbox dropped");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<Box<dyn Consumer>> {
+        let dead = self.dead_letter_spec(name);
+        let address = self.shared.dialect.queue_address(&dead.name);
+        let receiver = ReceiverSpec {
+            address: address.clone(),
+            queue_address: address.clone(),
+            durable: true,
+            dead_letter_address: address,
+            declare: vec![dead],
+            credit: DEAD_LETTER_CREDIT,
+            from: name.to_owned(),
+            count_redelivery: false,
+        };
+        self.consume(receiver).await
+    }
+
+    fn status(&self) -> watch::Receiver<Status> {
+        self.shared.status.subscribe()
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.shared.shutdown.cancel();
+        let mut status = self.shared.status.subscribe();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            status.wait_for(|s| *s == Status::Closed),
+        )
+        .await;
+        Ok(())
+    }
+
+    async fn abort(&self) {
+        self.shared.abort();
+    }
+}
+
+/// What this driver offers on RabbitMQ.
+pub(crate) fn capabilities() -> Capabilities {
+    Capabilities::default()
+}
+
+/// Deletes the topic space and every queue of the URL's exchange (`exchange.*`): what a test
+/// namespace or a tear-down leaves behind.
+pub(crate) async fn delete_topology(url: &str) -> Result<()> {
+    let config = Config::parse(url)?;
+    dialect::rabbitmq::RabbitMq::new(&config)?
+        .delete_everything()
+        .await
+}

@@ -1,0 +1,357 @@
+//! Receiving: one receiver link per subscription, driven by its own task that feeds an mpsc
+//! channel (so [`Consumer::next`] is cancel-safe) and re-attaches after every reconnect,
+//! re-declaring its queues first. Link credit is the subscription's prefetch.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fe2o3_amqp::link::delivery::DeliveryInfo;
+use fe2o3_amqp::link::{CreditMode, ReceiverAttachError, ReceiverDisposer, RecvError};
+use fe2o3_amqp::types::messaging::Body;
+use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::Receiver;
+use tidings_core::{Consumer, Delivery, Envelope, Error, ErrorKind, Outcome, Result, Settle};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::connection::Shared;
+use crate::dialect::QueueSpec;
+use crate::sender::SenderPool;
+use crate::wire;
+
+/// What a receiver link consumes and how its deliveries are settled.
+#[derive(Debug)]
+pub(crate) struct ReceiverSpec {
+    /// Queues to declare before every attach (the consumed one and its dead-letter queue).
+    pub(crate) declare: Vec<QueueSpec>,
+    /// The source address.
+    pub(crate) address: String,
+    /// Link credit: how many unsettled deliveries the broker may send ahead.
+    pub(crate) credit: u32,
+    /// Where retries and requeues go (straight back into the consumed queue).
+    pub(crate) queue_address: String,
+    /// Whether copies sent back into the queue are durable.
+    pub(crate) durable: bool,
+    /// Where dead letters go.
+    pub(crate) dead_letter_address: String,
+    /// The subscription name a dead letter records.
+    pub(crate) from: String,
+    /// Whether a redelivery by the broker counts as a new attempt (not for dead letters, which
+    /// are read back exactly as stored).
+    pub(crate) count_redelivery: bool,
+}
+
+/// A subscription's consumer: the receiving end of its link task.
+#[derive(Debug)]
+pub(crate) struct AmqpConsumer {
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl AmqpConsumer {
+    /// Declares, attaches, and returns once the first attach succeeded (so messages published
+    /// after `subscribe` returns reach it), or with the first error.
+    pub(crate) async fn start(
+        shared: Arc<Shared>,
+        pool: Arc<SenderPool>,
+        spec: ReceiverSpec,
+    ) -> Result<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready, attached) = oneshot::channel();
+        let stop = shared.shutdown.child_token();
+        let task = tokio::spawn(run(shared, pool, Arc::new(spec), tx, stop.clone(), ready));
+        match attached.await {
+            Ok(Ok(())) => Ok(Self {
+                rx,
+                stop,
+                task: Some(task),
+            }),
+            Ok(Err(e)) => {
+                stop.cancel();
+                Err(e)
+            }
+            Err(_) => Err(Error::new(
+                ErrorKind::Closed,
+                "the AMQP 1.0 connection closed while subscribing",
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for AmqpConsumer {
+    async fn next(&mut self) -> Option<Delivery> {
+        self.rx.recv().await
+    }
+
+    async fn cancel(mut self: Box<Self>) -> Result<()> {
+        self.stop.cancel();
+        // Deliveries received but never handed out go straight back, unchanged.
+        self.rx.close();
+        while let Some(delivery) = self.rx.recv().await {
+            let _ = delivery.settle(Outcome::Requeue).await;
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AmqpConsumer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    pool: Arc<SenderPool>,
+    spec: Arc<ReceiverSpec>,
+    tx: mpsc::UnboundedSender<Delivery>,
+    stop: CancellationToken,
+    ready: oneshot::Sender<Result<()>>,
+) {
+    let mut ready = Some(ready);
+    let mut after = 0u64;
+    let mut backoff = Duration::from_millis(100);
+    let link_name = format!("tidings-recv-{}", tidings_core::envelope::new_id());
+    loop {
+        let live = tokio::select! {
+            _ = stop.cancelled() => return,
+            live = shared.wait_live(after) => match live { Some(l) => l, None => return },
+        };
+        let declared = declare_all(&shared, &spec).await;
+        let attached = match declared {
+            Ok(()) => {
+                let mut session = live.session.lock().await;
+                Receiver::builder()
+                    .name(link_name.clone())
+                    .source(spec.address.clone())
+                    .credit_mode(CreditMode::Manual)
+                    .auto_accept(false)
+                    .attach(&mut *session)
+                    .await
+                    .map_err(|e| (session_level(&e), e.to_string()))
+            }
+            Err(e) => Err((false, e.to_string())),
+        };
+        let mut receiver = match attached {
+            Ok(r) => r,
+            Err((session_lost, why)) => {
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(Err(Error::new(
+                        ErrorKind::Subscribe,
+                        format!(
+                            "cannot consume {} on {}: {why}",
+                            spec.address, shared.config.redacted
+                        ),
+                    )));
+                    return;
+                }
+                tracing::warn!(address = %spec.address, %why, "re-attaching a receiver failed; retrying");
+                if session_lost {
+                    shared.report_broken(live.generation);
+                    after = live.generation;
+                } else {
+                    // Same session, try again after a pause.
+                    after = live.generation - 1;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        after = live.generation;
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(Ok(()));
+        }
+        let link = Arc::new(LinkSettle {
+            disposer: receiver.disposer(),
+            spec: spec.clone(),
+            pool: pool.clone(),
+            credit: Credit::default(),
+        });
+        // Registered once per link, not once per message.
+        let lost = live.lost.cancelled();
+        let stopped = stop.cancelled();
+        let gone = tx.closed();
+        tokio::pin!(lost, stopped, gone);
+        let mut close = false;
+        loop {
+            if receiver.credit() == 0 {
+                let free = spec
+                    .credit
+                    .max(1)
+                    .saturating_sub(link.credit.unsettled.load(Ordering::Acquire));
+                if free == 0 {
+                    // Every prefetched delivery is still unsettled: wait for one to settle.
+                    let settled = link.credit.settled.notified();
+                    tokio::select! {
+                        _ = settled => continue,
+                        _ = &mut lost => break,
+                        _ = &mut stopped => { close = true; break }
+                        _ = &mut gone => { close = true; break }
+                    }
+                }
+                if receiver.set_credit(free).await.is_err() {
+                    shared.report_broken(live.generation);
+                    break;
+                }
+            }
+            let received = tokio::select! {
+                _ = &mut lost => break,
+                _ = &mut stopped => { close = true; break }
+                _ = &mut gone => { close = true; break }
+                r = receiver.recv::<Body<Value>>() => r,
+            };
+            match received {
+                Ok(delivery) => {
+                    link.credit.unsettled.fetch_add(1, Ordering::AcqRel);
+                    let (info, message) = delivery.into_parts();
+                    let redelivered = spec.count_redelivery
+                        && shared.dialect.was_redelivered(message.header.as_ref());
+                    // One envelope, shared by the handler and the settlement (which needs it
+                    // only to send a retry or dead-letter copy): no copy per message.
+                    let envelope = Arc::new(wire::decode(message, redelivered));
+                    let settle = AmqpSettle {
+                        link: link.clone(),
+                        info,
+                        envelope: envelope.clone(),
+                    };
+                    if tx.send(Delivery::new(envelope, Box::new(settle))).is_err() {
+                        close = true;
+                        break;
+                    }
+                }
+                Err(RecvError::MessageDecode(e)) => {
+                    tracing::warn!(address = %spec.address, error = %e, "a message could not be decoded as AMQP 1.0; skipped");
+                }
+                Err(e) => {
+                    tracing::debug!(address = %spec.address, error = %e, "receiver link failed");
+                    shared.report_broken(live.generation);
+                    break;
+                }
+            }
+        }
+        if close {
+            let _ = tokio::time::timeout(Duration::from_secs(2), receiver.close()).await;
+            return;
+        }
+    }
+}
+
+async fn declare_all(shared: &Shared, spec: &ReceiverSpec) -> Result<()> {
+    for queue in &spec.declare {
+        shared.dialect.declare_queue(queue).await?;
+    }
+    Ok(())
+}
+
+fn session_level(e: &ReceiverAttachError) -> bool {
+    matches!(
+        e,
+        ReceiverAttachError::SessionStopped(_)
+            | ReceiverAttachError::SessionNotMapped
+            | ReceiverAttachError::IllegalState
+    )
+}
+
+/// Link credit bookkeeping of one attached link.
+///
+/// Credit is granted only once the previous grant is used up, as `prefetch - unsettled`.
+/// Topping credit up while transfers are still in flight is correct AMQP 1.0, but RabbitMQ 3.x
+/// applies a flow's link-credit as an absolute value without subtracting what it already sent,
+/// so it would send more than the receiver allowed (fe2o3 then fails the link with
+/// transfer-limit-exceeded). Granting only on exhausted credit is right for every broker.
+#[derive(Debug, Default)]
+struct Credit {
+    unsettled: AtomicU32,
+    settled: Notify,
+}
+
+/// What every delivery of one attached link needs to settle: shared, so a delivery carries
+/// one reference instead of a copy of each.
+struct LinkSettle {
+    disposer: ReceiverDisposer,
+    spec: Arc<ReceiverSpec>,
+    pool: Arc<SenderPool>,
+    credit: Credit,
+}
+
+impl LinkSettle {
+    /// One delivery is settled (or given up): its credit may be granted again.
+    fn release_credit(&self) {
+        self.credit.unsettled.fetch_sub(1, Ordering::AcqRel);
+        self.credit.settled.notify_one();
+    }
+}
+
+/// Settles one delivery: accept, release, or send a copy back (retry, dead letter) and accept.
+struct AmqpSettle {
+    link: Arc<LinkSettle>,
+    info: DeliveryInfo,
+    envelope: Arc<Envelope>,
+}
+
+impl AmqpSettle {
+    async fn accept(self) -> Result<()> {
+        let result = self.link.disposer.accept(self.info).await;
+        self.link.release_credit();
+        result.map_err(|e| {
+            Error::new(
+                ErrorKind::Connection,
+                format!(
+                    "could not settle a delivery from {} (the broker will redeliver it): {e}",
+                    self.link.spec.address
+                ),
+            )
+            .with_source(e)
+        })
+    }
+}
+
+#[async_trait]
+impl Settle for AmqpSettle {
+    async fn settle(self: Box<Self>, outcome: Outcome) -> Result<()> {
+        let spec = &self.link.spec;
+        let (address, copy, durable) = match outcome {
+            Outcome::Ack => return self.accept().await,
+            Outcome::Requeue => (
+                &spec.queue_address,
+                Envelope::clone(&self.envelope),
+                spec.durable,
+            ),
+            Outcome::Retry => {
+                let mut copy = Envelope::clone(&self.envelope);
+                copy.attempt = copy.attempt.saturating_add(1);
+                (&spec.queue_address, copy, spec.durable)
+            }
+            Outcome::DeadLetter { reason } => (
+                &spec.dead_letter_address,
+                Envelope::clone(&self.envelope).into_dead_letter(&reason, &spec.from),
+                true,
+            ),
+        };
+        // The copy first, confirmed; only then the original goes. A crash in between
+        // duplicates the message, never loses it.
+        if let Err(e) = self
+            .link
+            .pool
+            .send(address, wire::encode(copy, durable))
+            .await
+        {
+            let _ = self.link.disposer.release(self.info.clone()).await;
+            self.link.release_credit();
+            return Err(e);
+        }
+        self.accept().await
+    }
+}

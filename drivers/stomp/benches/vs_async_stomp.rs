@@ -1,0 +1,446 @@
+//! tidings-stomp beside a plain async-stomp program doing the same work, on both brokers, in
+//! the same run: publish throughput to a group (every SEND persistent and confirmed by a
+//! receipt, every delivery acked, 100 publishes in flight) and RPC round-trip latency (p50,
+//! p99; sequential calls, request persistent with a receipt, reply with a receipt).
+//!
+//! `cargo bench -p tidings-stomp --bench vs_async_stomp`; numbers go in
+//! `docs/benchmarks-stomp.md`. Set `BENCH_MESSAGES` / `BENCH_CALLS` to change the sizes.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_stomp::client::{Connector, Subscriber};
+use async_stomp::{AckMode, FromServer, Message, ToServer};
+use common::Broker;
+use futures::{SinkExt, StreamExt};
+use tidings_conformance::support::Note;
+use tidings_core::Bus;
+use tokio::sync::{mpsc, Semaphore};
+
+const WINDOW: usize = 100;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Destinations a plain program uses for the same topology the driver builds.
+struct Plan {
+    publish: String,
+    group_sub: String,
+    group_headers: Vec<(String, String)>,
+    inbox_sub: String,
+    inbox_send: String,
+    inbox_headers: Vec<(String, String)>,
+    prefetch: &'static str,
+}
+
+fn plan(broker: Broker, ns: &str, key: &str) -> Plan {
+    match broker {
+        Broker::RabbitMq => Plan {
+            publish: format!("/topic/{ns}.{key}"),
+            group_sub: format!("/topic/{ns}.{key}"),
+            group_headers: vec![
+                ("x-queue-name".into(), format!("{ns}.plain.{key}")),
+                ("durable".into(), "true".into()),
+                ("auto-delete".into(), "false".into()),
+            ],
+            inbox_sub: format!("/queue/{ns}.plaininbox"),
+            inbox_send: format!("/amq/queue/{ns}.plaininbox"),
+            inbox_headers: vec![
+                ("durable".into(), "false".into()),
+                ("auto-delete".into(), "true".into()),
+            ],
+            prefetch: "prefetch-count",
+        },
+        Broker::ActiveMq => Plan {
+            publish: format!("/topic/VirtualTopic.{ns}.{key}"),
+            group_sub: format!("/queue/Consumer.plain.VirtualTopic.{ns}.{key}"),
+            group_headers: Vec::new(),
+            inbox_sub: format!("/queue/tidings-private.{ns}.plaininbox"),
+            inbox_send: format!("/queue/tidings-private.{ns}.plaininbox"),
+            inbox_headers: Vec::new(),
+            prefetch: "activemq.prefetchSize",
+        },
+    }
+}
+
+async fn plain_connect(broker: Broker) -> async_stomp::client::ClientTransport {
+    let url = url::Url::parse(&broker.url()).unwrap();
+    Connector::builder()
+        .server(format!(
+            "{}:{}",
+            url.host_str().unwrap(),
+            url.port().unwrap()
+        ))
+        .virtualhost("/")
+        .login(url.username().to_owned())
+        .passcode(url.password().unwrap_or("").to_owned())
+        .connect()
+        .await
+        .expect("plain async-stomp connect")
+}
+
+fn send(destination: &str, body: Vec<u8>, persistent: bool, receipt: String) -> Message<ToServer> {
+    let mut headers = vec![
+        ("content-length".to_owned(), body.len().to_string()),
+        ("receipt".to_owned(), receipt),
+    ];
+    if persistent {
+        headers.push(("persistent".to_owned(), "true".to_owned()));
+    }
+    ToServer::Send {
+        destination: destination.to_owned(),
+        transaction: None,
+        headers: Some(headers),
+        body: Some(body),
+    }
+    .into()
+}
+
+fn subscribe(
+    destination: &str,
+    id: &str,
+    headers: Vec<(String, String)>,
+    ack: AckMode,
+) -> Message<ToServer> {
+    let mut msg = Subscriber::builder()
+        .destination(destination)
+        .id(id)
+        .headers(headers)
+        .ack(ack)
+        .subscribe();
+    msg.extra_headers
+        .push((b"receipt".to_vec(), b"sub".to_vec()));
+    msg
+}
+
+/// Reads until the RECEIPT `id`.
+async fn await_receipt(t: &mut async_stomp::client::ClientTransport, id: &str) {
+    while let Some(m) = t.next().await {
+        if let FromServer::Receipt { receipt_id } = m.expect("frame").content {
+            if receipt_id == id {
+                return;
+            }
+        }
+    }
+    panic!("connection closed before receipt {id}");
+}
+
+async fn plain_throughput(broker: Broker, ns: &str, n: usize) -> f64 {
+    // Its own key: a queue bound to the key tidings publishes under would get every tidings
+    // message too (twice the broker work for tidings, and 10,000 leftovers).
+    let p = plan(broker, ns, "plain-tput");
+    let mut consumer = plain_connect(broker).await;
+    let mut headers = p.group_headers.clone();
+    headers.push((p.prefetch.to_owned(), "200".to_owned()));
+    consumer
+        .send(subscribe(
+            &p.group_sub,
+            "c",
+            headers,
+            AckMode::ClientIndividual,
+        ))
+        .await
+        .unwrap();
+    await_receipt(&mut consumer, "sub").await;
+    let (done_tx, mut done) = mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        let mut seen = 0;
+        while let Some(Ok(m)) = consumer.next().await {
+            if let FromServer::Message { ack: Some(id), .. } = m.content {
+                consumer
+                    .send(
+                        ToServer::Ack {
+                            id,
+                            transaction: None,
+                        }
+                        .into(),
+                    )
+                    .await
+                    .unwrap();
+                seen += 1;
+                if seen == n {
+                    let _ = done_tx.send(()).await;
+                    break;
+                }
+            }
+        }
+    });
+    let publisher = plain_connect(broker).await;
+    let (mut sink, mut stream) = publisher.split();
+    let window = Arc::new(Semaphore::new(WINDOW));
+    let receipts = {
+        let window = window.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                if let FromServer::Receipt { .. } = m.content {
+                    window.add_permits(1);
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    for i in 0..n {
+        window.acquire().await.unwrap().forget();
+        let body = format!("{{\"n\":{i},\"text\":\"note {i}\"}}").into_bytes();
+        sink.send(send(&p.publish, body, true, i.to_string()))
+            .await
+            .unwrap();
+    }
+    done.recv().await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    receipts.abort();
+    rate
+}
+
+async fn tidings_throughput(broker: Broker, ns: &str, n: usize) -> f64 {
+    let url = broker.url_in(ns, "");
+    let consumer = Bus::new(tidings_stomp::connect(&url).await.unwrap());
+    let publisher = Bus::new(tidings_stomp::connect(&url).await.unwrap());
+    let (done_tx, mut done) = mpsc::channel::<()>(1);
+    let seen = Arc::new(AtomicU64::new(0));
+    consumer
+        .subscribe::<Note>("tput")
+        .group(&format!("{ns}.tput"))
+        .prefetch(200)
+        .concurrency(16)
+        .handle(move |_| {
+            let seen = seen.clone();
+            let done_tx = done_tx.clone();
+            async move {
+                if seen.fetch_add(1, Ordering::Relaxed) + 1 == n as u64 {
+                    let _ = done_tx.send(()).await;
+                }
+                Ok(())
+            }
+        })
+        .await
+        .unwrap();
+    let start = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let publisher = publisher.clone();
+            async move { publisher.emit("tput", &Note::new(i as u32)).await.unwrap() }
+        })
+        .buffer_unordered(WINDOW)
+        .collect::<Vec<_>>()
+        .await;
+    done.recv().await;
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = consumer.shutdown().await;
+    let _ = publisher.shutdown().await;
+    rate
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+async fn plain_rpc(broker: Broker, ns: &str, calls: usize) -> (Duration, Duration) {
+    let p = plan(broker, ns, "plain-rpc");
+    let mut server = plain_connect(broker).await;
+    let mut headers = p.group_headers.clone();
+    headers.push((p.prefetch.to_owned(), "10".to_owned()));
+    server
+        .send(subscribe(
+            &p.group_sub,
+            "s",
+            headers,
+            AckMode::ClientIndividual,
+        ))
+        .await
+        .unwrap();
+    await_receipt(&mut server, "sub").await;
+    let inbox_send = p.inbox_send.clone();
+    let serving = tokio::spawn(async move {
+        let mut n = 0u64;
+        while let Some(Ok(m)) = server.next().await {
+            if let FromServer::Message {
+                ack: Some(id),
+                body,
+                ..
+            } = m.content
+            {
+                n += 1;
+                server
+                    .send(send(
+                        &inbox_send,
+                        body.unwrap_or_default(),
+                        false,
+                        format!("rep{n}"),
+                    ))
+                    .await
+                    .unwrap();
+                server
+                    .send(
+                        ToServer::Ack {
+                            id,
+                            transaction: None,
+                        }
+                        .into(),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let mut client = plain_connect(broker).await;
+    client
+        .send(subscribe(
+            &p.inbox_sub,
+            "i",
+            p.inbox_headers.clone(),
+            AckMode::Auto,
+        ))
+        .await
+        .unwrap();
+    await_receipt(&mut client, "sub").await;
+    let mut samples = Vec::with_capacity(calls);
+    for i in 0..calls + 20 {
+        let start = Instant::now();
+        client
+            .send(send(&p.publish, vec![2, 40], true, format!("q{i}")))
+            .await
+            .unwrap();
+        let (mut receipt, mut reply) = (false, false);
+        while !(receipt && reply) {
+            match client.next().await.unwrap().unwrap().content {
+                FromServer::Receipt { .. } => receipt = true,
+                FromServer::Message { .. } => reply = true,
+                _ => {}
+            }
+        }
+        if i >= 20 {
+            samples.push(start.elapsed());
+        }
+    }
+    // Closes the server's connection, so its queue can be deleted.
+    serving.abort();
+    percentiles(samples)
+}
+
+async fn tidings_rpc(broker: Broker, ns: &str, calls: usize) -> (Duration, Duration) {
+    let url = broker.url_in(ns, "");
+    let server = Bus::new(tidings_stomp::connect(&url).await.unwrap());
+    let client = Bus::new(tidings_stomp::connect(&url).await.unwrap());
+    let name = format!("{ns}.add");
+    server
+        .serve(&name, |pair: Vec<u8>| async move {
+            Ok(pair.iter().map(|x| u64::from(*x)).sum::<u64>())
+        })
+        .await
+        .unwrap();
+    let mut samples = Vec::with_capacity(calls);
+    for i in 0..calls + 20 {
+        let start = Instant::now();
+        let sum: u64 = client.call(&name, &vec![2u8, 40]).await.unwrap();
+        assert_eq!(sum, 42);
+        if i >= 20 {
+            samples.push(start.elapsed());
+        }
+    }
+    let _ = client.shutdown().await;
+    let _ = server.shutdown().await;
+    percentiles(samples)
+}
+
+/// The median of `runs`.
+fn median(mut runs: Vec<f64>) -> f64 {
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a plain `cargo test --benches` run passes nothing and
+    // should stay quick.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let n = env_or("BENCH_MESSAGES", if quick { 200 } else { 10_000 });
+    let calls = env_or("BENCH_CALLS", if quick { 20 } else { 1_000 });
+    // Throughput runs alternate plain / tidings this many times; the median is reported.
+    let rounds = env_or("BENCH_ROUNDS", if quick { 1 } else { 3 }).max(1);
+    // `BENCH_ONLY=plain|tidings` runs one client (for `perf stat`), `BENCH_BROKERS=rabbitmq`
+    // one broker.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let brokers = std::env::var("BENCH_BROKERS").unwrap_or_default();
+    let run_plain = only != "tidings";
+    let run_tidings = only != "plain";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        println!("| broker | client | throughput (msg/s) | RPC p50 | RPC p99 |");
+        println!("|---|---|---:|---:|---:|");
+        for broker in [Broker::RabbitMq, Broker::ActiveMq] {
+            if !brokers.is_empty() && !brokers.contains(broker.label()) {
+                continue;
+            }
+            let ns = format!("bench-{}", &tidings_core::envelope::new_id()[..8]);
+            let (mut plain_rates, mut tidings_rates) = (Vec::new(), Vec::new());
+            for round in 0..rounds {
+                let ns = format!("{ns}-{round}");
+                if run_plain {
+                    plain_rates.push(plain_throughput(broker, &ns, n).await);
+                }
+                if run_tidings {
+                    tidings_rates.push(tidings_throughput(broker, &ns, n).await);
+                }
+            }
+            let zero = (Duration::ZERO, Duration::ZERO);
+            let (pp50, pp99) = if run_plain && calls > 0 {
+                plain_rpc(broker, &ns, calls).await
+            } else {
+                zero
+            };
+            let (tp50, tp99) = if run_tidings && calls > 0 {
+                tidings_rpc(broker, &ns, calls).await
+            } else {
+                zero
+            };
+            let plain_rate = if run_plain {
+                median(plain_rates.clone())
+            } else {
+                0.0
+            };
+            let tidings_rate = if run_tidings {
+                median(tidings_rates.clone())
+            } else {
+                0.0
+            };
+            println!(
+                "| {} | async-stomp | {plain_rate:.0} | {pp50:.2?} | {pp99:.2?} |",
+                broker.label()
+            );
+            println!(
+                "| {} | tidings-stomp | {tidings_rate:.0} | {tp50:.2?} | {tp99:.2?} |",
+                broker.label()
+            );
+            println!(
+                "| {} | ratio | {:.2} | {:.2} | {:.2} |",
+                broker.label(),
+                tidings_rate / plain_rate,
+                pp50.as_secs_f64() / tp50.as_secs_f64(),
+                pp99.as_secs_f64() / tp99.as_secs_f64()
+            );
+            eprintln!(
+                "{}: throughput runs (msg/s): plain {plain_rates:.0?}, tidings {tidings_rates:.0?}",
+                broker.label()
+            );
+            let mut namespaces: Vec<String> = (0..rounds).map(|r| format!("{ns}-{r}")).collect();
+            namespaces.push(ns);
+            tokio::task::spawn_blocking(move || common::admin::purge(broker, &namespaces))
+                .await
+                .unwrap();
+        }
+    });
+}

@@ -1,0 +1,250 @@
+//! Consumers and the settling of their deliveries.
+//!
+//! A subscription's MESSAGE frames arrive on an unbounded channel fed by the link (the broker's
+//! prefetch bounds it); [`StompConsumer::next`] decodes them, so it is cancel-safe. Messages
+//! the broker matched more widely than the tidings pattern (see the dialects), and expired
+//! ones, are acked and skipped here.
+//!
+//! Settling (see `docs/brokers/`): `Ack` is an ACK; `Requeue` and `Retry` give the message
+//! back as the dialect says — NACK, a confirmed copy sent straight to the queue followed by the
+//! ACK of the original, or, for a private queue, the ACK and a local redelivery; `DeadLetter`
+//! sends the dead letter to the durable dead-letter queue, confirmed, then ACKs.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tidings_core::envelope::now_ms;
+use tidings_core::{async_trait, Consumer, Delivery, Envelope, Outcome, Pattern, Result, Settle};
+use tokio::sync::mpsc;
+
+use crate::dialect::GiveBack;
+use crate::frame::{self, Outgoing};
+use crate::link::{Command, Incoming};
+use crate::outbox::Outbox;
+use crate::wire;
+
+/// What a delivery of one subscription needs to be settled.
+#[derive(Debug)]
+pub(crate) struct SubContext {
+    pub(crate) id: String,
+    pub(crate) outbox: Arc<Outbox>,
+    /// Filter with this pattern (the broker's is wider).
+    pub(crate) filter: Option<Pattern>,
+    pub(crate) retry: GiveBack,
+    pub(crate) requeue: GiveBack,
+    /// The destination of this subscription's dead-letter queue.
+    pub(crate) dead_letters: String,
+    /// The subscription name dead letters record.
+    pub(crate) from: String,
+    /// Local redeliveries (`GiveBack::Local`) go here, ahead of the wire.
+    pub(crate) local: mpsc::UnboundedSender<Envelope>,
+    /// Ack ids handed out and not settled, to give back on cancel (RabbitMQ only).
+    pub(crate) outstanding: Option<Mutex<HashSet<(u64, String)>>>,
+    pub(crate) cancelled: AtomicBool,
+}
+
+impl SubContext {
+    fn ack(&self, generation: u64, id: String) {
+        if self.untrack(generation, &id) {
+            self.outbox
+                .link
+                .send_on(generation, Outgoing::Raw(frame::settle("ACK", &id), None));
+        }
+    }
+
+    /// Whether the delivery may still be settled by this consumer.
+    fn untrack(&self, generation: u64, id: &str) -> bool {
+        if self.cancelled.load(Ordering::Acquire) {
+            // Given back on cancel already (or by the broker).
+            return false;
+        }
+        if let Some(set) = &self.outstanding {
+            set.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(generation, id.to_owned()));
+        }
+        true
+    }
+}
+
+/// One subscription.
+pub(crate) struct StompConsumer {
+    pub(crate) ctx: Arc<SubContext>,
+    pub(crate) wire: mpsc::UnboundedReceiver<Incoming>,
+    pub(crate) local: mpsc::UnboundedReceiver<Envelope>,
+    /// Whether MESSAGE frames must be acked (false for `auto` subscriptions: inboxes).
+    pub(crate) acks: bool,
+    pub(crate) done: bool,
+}
+
+impl std::fmt::Debug for StompConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StompConsumer")
+            .field("id", &self.ctx.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StompConsumer {
+    fn delivery(&self, envelope: Envelope, ack: Option<(u64, String)>) -> Delivery {
+        // Shared with the delivery, not cloned: only Retry and DeadLetter need a copy.
+        let envelope = Arc::new(envelope);
+        Delivery::new(
+            envelope.clone(),
+            Box::new(StompSettle {
+                ctx: self.ctx.clone(),
+                ack,
+                envelope: Some(envelope),
+            }),
+        )
+    }
+
+    fn stop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let ctx = &self.ctx;
+        let _ = ctx.outbox.link.send(Command::Unsubscribe {
+            id: ctx.id.clone(),
+            receipt: None,
+        });
+        ctx.cancelled.store(true, Ordering::Release);
+        // RabbitMQ keeps unacked messages of a cancelled subscription until the connection
+        // closes: give them back now, both the handed-out ones and those not yet read.
+        if let Some(set) = &ctx.outstanding {
+            let mut pending: Vec<(u64, String)> = set
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .collect();
+            self.wire.close();
+            while let Ok(incoming) = self.wire.try_recv() {
+                if let Some(id) = incoming.ack {
+                    pending.push((incoming.generation, id));
+                }
+            }
+            for (generation, id) in pending {
+                ctx.outbox
+                    .link
+                    .send_on(generation, Outgoing::Raw(frame::settle("NACK", &id), None));
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Consumer for StompConsumer {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if let Ok(envelope) = self.local.try_recv() {
+                return Some(self.delivery(envelope, None));
+            }
+            let incoming = tokio::select! {
+                biased;
+                Some(envelope) = self.local.recv() => {
+                    return Some(self.delivery(envelope, None));
+                }
+                incoming = self.wire.recv() => incoming?,
+            };
+            let envelope = wire::decode(incoming.headers, incoming.body);
+            let ack = if self.acks {
+                incoming.ack.map(|id| (incoming.generation, id))
+            } else {
+                None
+            };
+            let unwanted = self
+                .ctx
+                .filter
+                .as_ref()
+                .is_some_and(|p| !p.matches(&envelope.routing_key))
+                || (envelope.ttl.is_some() && envelope.is_expired_at(now_ms()));
+            if unwanted {
+                if let Some((generation, id)) = ack {
+                    self.ctx.ack(generation, id);
+                }
+                continue;
+            }
+            if let (Some(set), Some(key)) = (&self.ctx.outstanding, &ack) {
+                set.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.clone());
+            }
+            return Some(self.delivery(envelope, ack));
+        }
+    }
+
+    async fn cancel(mut self: Box<Self>) -> Result<()> {
+        self.stop();
+        Ok(())
+    }
+}
+
+impl Drop for StompConsumer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Settles one delivery.
+struct StompSettle {
+    ctx: Arc<SubContext>,
+    /// The connection generation and ack id; `None` for local redeliveries and `auto` mode.
+    ack: Option<(u64, String)>,
+    envelope: Option<Arc<Envelope>>,
+}
+
+impl StompSettle {
+    fn ack(&mut self) {
+        if let Some((generation, id)) = self.ack.take() {
+            self.ctx.ack(generation, id);
+        }
+    }
+
+    async fn give_back(mut self, how: &GiveBack, envelope: Envelope) -> Result<()> {
+        match how {
+            GiveBack::Republish(destination) => {
+                self.ctx.outbox.send(destination, &envelope, true).await?;
+                self.ack();
+            }
+            GiveBack::Local => {
+                self.ack();
+                if !self.ctx.cancelled.load(Ordering::Acquire) {
+                    let _ = self.ctx.local.send(envelope);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Settle for StompSettle {
+    async fn settle(mut self: Box<Self>, outcome: Outcome) -> Result<()> {
+        let ctx = self.ctx.clone();
+        if outcome == Outcome::Ack {
+            self.ack();
+            return Ok(());
+        }
+        let Some(envelope) = self.envelope.take() else {
+            return Ok(());
+        };
+        let envelope = Arc::unwrap_or_clone(envelope);
+        match outcome {
+            Outcome::Ack => Ok(()),
+            Outcome::Requeue => self.give_back(&ctx.requeue, envelope).await,
+            Outcome::Retry => {
+                let mut envelope = envelope;
+                envelope.attempt = envelope.attempt.saturating_add(1);
+                self.give_back(&ctx.retry, envelope).await
+            }
+            Outcome::DeadLetter { reason } => {
+                let dead = envelope.into_dead_letter(&reason, &ctx.from);
+                ctx.outbox.send(&ctx.dead_letters, &dead, true).await?;
+                self.ack();
+                Ok(())
+            }
+        }
+    }
+}

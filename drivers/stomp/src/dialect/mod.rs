@@ -1,0 +1,110 @@
+//! What differs between STOMP brokers, in one small "dialect" per broker.
+//!
+//! STOMP fixes the frames but not what a destination means, how a queue is shared, how a TTL
+//! or prefetch is written, or what NACK does. Each dialect answers those questions for its
+//! broker; everything else in the driver is broker-neutral. The dialect is picked from the
+//! CONNECTED frame's `server` header, or forced with `?dialect=` in the URL. See
+//! `docs/brokers/rabbitmq.md` and `docs/brokers/activemq.md`.
+
+mod activemq;
+mod rabbitmq;
+
+use std::fmt;
+
+use tidings_core::{Capabilities, Mode, Pattern};
+
+pub(crate) use activemq::ActiveMq;
+pub(crate) use rabbitmq::RabbitMq;
+
+/// The brokers the driver knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DialectKind {
+    /// RabbitMQ's STOMP plugin.
+    RabbitMq,
+    /// Apache ActiveMQ 5 ("classic").
+    ActiveMq,
+}
+
+impl DialectKind {
+    /// From the URL's `dialect=` option.
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "rabbitmq" | "rabbit" => Some(Self::RabbitMq),
+            "activemq" => Some(Self::ActiveMq),
+            _ => None,
+        }
+    }
+
+    /// From the CONNECTED frame's `server` header, e.g. `RabbitMQ/3.10.8`, `ActiveMQ/5.17.2`.
+    pub(crate) fn from_server(server: &str) -> Option<Self> {
+        let product = server.split('/').next().unwrap_or("").to_ascii_lowercase();
+        match product.as_str() {
+            "rabbitmq" => Some(Self::RabbitMq),
+            "activemq" => Some(Self::ActiveMq),
+            _ => None,
+        }
+    }
+
+    /// The dialect itself.
+    pub(crate) fn dialect(self) -> Box<dyn Dialect> {
+        match self {
+            Self::RabbitMq => Box::new(RabbitMq),
+            Self::ActiveMq => Box::new(ActiveMq),
+        }
+    }
+}
+
+/// How a delivery that must go back to its queue gets there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GiveBack {
+    /// Send a copy straight to this queue destination (confirmed), then `ACK` the original.
+    Republish(String),
+    /// The queue is private to this subscription and dies with it, so `ACK` it and hand the
+    /// copy to the same consumer again, in-process.
+    Local,
+}
+
+/// How to open one subscription on the broker.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// The SUBSCRIBE destination.
+    pub(crate) destination: String,
+    /// Extra SUBSCRIBE headers (queue naming and properties).
+    pub(crate) headers: Vec<(String, String)>,
+    /// The broker pattern is wider than the tidings one: filter with `Pattern::matches`.
+    pub(crate) filter: bool,
+    /// Where `Outcome::Retry` copies go.
+    pub(crate) retry: GiveBack,
+    /// How `Outcome::Requeue` gives a delivery back.
+    pub(crate) requeue: GiveBack,
+}
+
+/// One broker's answers. Every name passed in is already validated by the core (words of
+/// ASCII letters, digits, `_`, `-`, joined by dots).
+pub(crate) trait Dialect: Send + Sync + fmt::Debug + 'static {
+    /// The SEND destination of a publish under `key`.
+    fn publish_destination(&self, namespace: &str, key: &str) -> String;
+
+    /// How to subscribe to `pattern` in `mode`; `unique` is unique per subscription.
+    fn subscription(&self, namespace: &str, pattern: &Pattern, mode: &Mode, unique: &str) -> Plan;
+
+    /// How to open an RPC inbox, and the address senders use for it.
+    fn inbox(&self, namespace: &str, unique: &str) -> (Plan, String);
+
+    /// Whether `address` (from a request's `reply_to`, so from the wire) is an inbox of this
+    /// dialect. Sending elsewhere could declare queues or make the broker close the connection.
+    fn is_inbox_address(&self, namespace: &str, address: &str) -> bool;
+
+    /// How to consume the dead-letter queue `name`; its `destination` is also where dead
+    /// letters are sent.
+    fn dead_letters(&self, namespace: &str, name: &str) -> Plan;
+
+    /// The header that makes a message expire: given the time left and the absolute deadline.
+    fn expiry_header(&self, remaining_ms: u64, deadline_ms: u64) -> (&'static str, u64);
+
+    /// The SUBSCRIBE header that sets prefetch.
+    fn prefetch_header(&self) -> &'static str;
+
+    /// What this broker supports through STOMP.
+    fn capabilities(&self) -> Capabilities;
+}

@@ -1,0 +1,229 @@
+//! [`StompProvider`]: the tidings `Provider` over one STOMP connection.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_stomp::AckMode;
+use tidings_core::provider::Status;
+use tidings_core::{
+    async_trait, Capabilities, Consumer, Envelope, Error, ErrorKind, Inbox, Mode, Pattern,
+    Provider, PublishOptions, Result, SubscribeSpec,
+};
+use tokio::sync::{mpsc, watch};
+
+use crate::consumer::{StompConsumer, SubContext};
+use crate::dialect::{DialectKind, Plan};
+use crate::link::SubEntry;
+use crate::outbox::Outbox;
+
+/// How long a SUBSCRIBE waits for the broker's receipt.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One connection to a STOMP broker (RabbitMQ or ActiveMQ), reconnecting on its own.
+pub struct StompProvider {
+    outbox: Arc<Outbox>,
+    kind: DialectKind,
+    server: String,
+    /// Makes subscription ids and private queue names unique.
+    prefix: String,
+    next: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl fmt::Debug for StompProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StompProvider")
+            .field("server", &self.server)
+            .field("dialect", &self.kind)
+            .field("namespace", &self.outbox.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StompProvider {
+    pub(crate) fn new(outbox: Outbox, kind: DialectKind, server: String) -> Self {
+        let prefix = tidings_core::envelope::new_id();
+        Self {
+            outbox: Arc::new(outbox),
+            kind,
+            server,
+            prefix,
+            next: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn unique(&self) -> String {
+        format!(
+            "{}-{}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "this stomp:// connection is closed",
+            ));
+        }
+        Ok(())
+    }
+
+    fn dialect(&self) -> &dyn crate::dialect::Dialect {
+        &*self.outbox.dialect
+    }
+
+    /// Subscribes along `plan` and wraps the result as a consumer.
+    async fn consume(
+        &self,
+        plan: Plan,
+        filter: Option<Pattern>,
+        prefetch: Option<u16>,
+        acks: bool,
+        dead_letters: String,
+        from: String,
+    ) -> Result<Box<dyn Consumer>> {
+        self.check_open()?;
+        let id = self.unique();
+        let mut headers = plan.headers;
+        if let Some(prefetch) = prefetch {
+            headers.push((
+                self.dialect().prefetch_header().to_owned(),
+                prefetch.max(1).to_string(),
+            ));
+        }
+        let (deliver, wire) = mpsc::unbounded_channel();
+        let (local_tx, local) = mpsc::unbounded_channel();
+        let entry = SubEntry {
+            destination: plan.destination,
+            headers,
+            ack: if acks {
+                AckMode::ClientIndividual
+            } else {
+                AckMode::Auto
+            },
+            deliver,
+        };
+        let ctx = Arc::new(SubContext {
+            id: id.clone(),
+            outbox: self.outbox.clone(),
+            filter: plan.filter.then_some(filter).flatten(),
+            retry: plan.retry,
+            requeue: plan.requeue,
+            dead_letters,
+            from,
+            local: local_tx,
+            outstanding: (acks && self.kind == DialectKind::RabbitMq)
+                .then(|| Mutex::new(HashSet::new())),
+            cancelled: AtomicBool::new(false),
+        });
+        self.outbox
+            .link
+            .subscribe(id, entry, SUBSCRIBE_TIMEOUT)
+            .await?;
+        Ok(Box::new(StompConsumer {
+            ctx,
+            wire,
+            local,
+            acks,
+            done: false,
+        }))
+    }
+}
+
+#[async_trait]
+impl Provider for StompProvider {
+    fn capabilities(&self) -> Capabilities {
+        self.dialect().capabilities()
+    }
+
+    async fn publish(&self, envelope: Envelope, _options: &PublishOptions) -> Result<()> {
+        self.check_open()?;
+        let destination = self
+            .dialect()
+            .publish_destination(&self.outbox.namespace, &envelope.routing_key);
+        self.outbox.send(&destination, &envelope, true).await
+    }
+
+    async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {
+        let ns = &self.outbox.namespace;
+        let plan = self
+            .dialect()
+            .subscription(ns, &spec.pattern, &spec.mode, &self.unique());
+        let from = match &spec.mode {
+            Mode::Broadcast => "broadcast".to_owned(),
+            Mode::Group { name, .. } => name.clone(),
+        };
+        let dead_letters = self
+            .dialect()
+            .dead_letters(ns, &spec.dead_letter_queue)
+            .destination;
+        self.consume(
+            plan,
+            Some(spec.pattern),
+            Some(spec.prefetch),
+            true,
+            dead_letters,
+            from,
+        )
+        .await
+    }
+
+    async fn open_inbox(&self) -> Result<Inbox> {
+        let (plan, address) = self.dialect().inbox(&self.outbox.namespace, &self.unique());
+        let dead_letters = self
+            .dialect()
+            .dead_letters(&self.outbox.namespace, "inbox")
+            .destination;
+        let consumer = self
+            .consume(plan, None, None, false, dead_letters, address.clone())
+            .await?;
+        Ok(Inbox { address, consumer })
+    }
+
+    async fn send_to(&self, address: &str, envelope: Envelope) -> Result<()> {
+        self.check_open()?;
+        if !self
+            .dialect()
+            .is_inbox_address(&self.outbox.namespace, address)
+        {
+            return Err(Error::new(
+                ErrorKind::Publish,
+                format!(
+                    "{address:?} is not a reply inbox of this bus (namespace {:?}); a reply_to \
+                     must come from a caller on the same broker and namespace",
+                    self.outbox.namespace
+                ),
+            ));
+        }
+        // Replies are short-lived: no need to write them to disk.
+        self.outbox.send(address, &envelope, false).await
+    }
+
+    async fn dead_letters(&self, name: &str) -> Result<Box<dyn Consumer>> {
+        let plan = self.dialect().dead_letters(&self.outbox.namespace, name);
+        let destination = plan.destination.clone();
+        self.consume(plan, None, Some(64), true, destination, name.to_owned())
+            .await
+    }
+
+    fn status(&self) -> watch::Receiver<Status> {
+        self.outbox.link.status()
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        self.outbox.link.close().await;
+        Ok(())
+    }
+
+    async fn abort(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.outbox.link.abort();
+    }
+}

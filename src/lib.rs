@@ -1,0 +1,160 @@
+//! # tidings
+//!
+//! Typed distributed events and RPC between daemons on many hosts. Declare an [`Event`], emit it
+//! under a routing key, subscribe by pattern, share work between competing workers, cast and
+//! call — without touching connections, queues, acks or serialization. The broker is chosen by
+//! a URL (and a cargo feature), never by code changes:
+//!
+//! | URL | feature | broker |
+//! |---|---|---|
+//! | `memory://[name]` | `memory` (default) | embedded, in-process |
+//! | `amqp://user:pass@host:port/vhost`, `amqps://…` | `amqp091` | RabbitMQ (AMQP 0.9.1) |
+//! | `amqp10://user:pass@host:port`, `amqp10s://…` | `amqp10` | AMQP 1.0 brokers |
+//! | `stomp://user:pass@host:port[/vhost]` | `stomp` | RabbitMQ STOMP, ActiveMQ |
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use tidings::Event;
+//!
+//! #[derive(Debug, Serialize, Deserialize)]
+//! struct Greeting { text: String }
+//! impl Event for Greeting { const NAME: &'static str = "greeting"; }
+//!
+//! # #[tokio::main] async fn main() -> tidings::Result<()> {
+//! let bus = tidings::connect("memory://doc").await?;
+//! let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! bus.subscribe::<Greeting>("greet.#")
+//!     .handle(move |g| { let tx = tx.clone(); async move { tx.send(g.text)?; Ok(()) } })
+//!     .await?;
+//! bus.emit("greet.world", &Greeting { text: "hello".into() }).await?;
+//! assert_eq!(rx.recv().await.unwrap(), "hello");
+//! bus.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub use tidings_core::broker_url::redact;
+pub use tidings_core::*;
+
+/// The environment variable [`connect_from_env`] reads.
+pub const URL_VAR: &str = "TIDINGS_URL";
+
+/// Connects to the broker at `url` and returns a [`Bus`] on it.
+///
+/// The scheme picks the driver; a scheme whose driver is not compiled in is an error that
+/// names the cargo feature to enable. Credentials in the URL never appear in errors or logs.
+pub async fn connect(url: &str) -> Result<Bus> {
+    let parsed = url::Url::parse(url).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidUrl,
+            format!("cannot parse broker url {:?}: {e}; expected for example memory:// or amqp://user:pass@host:5672/vhost", redact(url)),
+        )
+    })?;
+    let provider = match parsed.scheme() {
+        "memory" => driver!("memory", tidings_memory, url),
+        "amqp" | "amqps" => driver!("amqp091", tidings_amqp091, url),
+        "amqp10" | "amqp10s" => driver!("amqp10", tidings_amqp10, url),
+        "stomp" | "stomp+ssl" => driver!("stomp", tidings_stomp, url),
+        other => {
+            return Err(Error::new(
+                ErrorKind::InvalidUrl,
+                format!(
+                    "unknown scheme {other:?} in broker url {:?}; tidings knows memory://, amqp://, amqps://, amqp10://, amqp10s:// and stomp://",
+                    redact(url)
+                ),
+            ))
+        }
+    };
+    Ok(Bus::new(provider))
+}
+
+/// Connects to the broker named by the `TIDINGS_URL` environment variable, or to `fallback`
+/// when it is not set.
+pub async fn connect_from_env(fallback: &str) -> Result<Bus> {
+    match std::env::var(URL_VAR) {
+        Ok(url) if !url.trim().is_empty() => connect(url.trim()).await,
+        _ => connect(fallback).await,
+    }
+}
+
+/// `url` moved into its own namespace `namespace` — a separate embedded broker for `memory://`,
+/// a separate exchange (`?exchange=namespace`) for the broker drivers — so that tests, benchmarks
+/// and the conformance suite never see each other's messages on one broker.
+pub fn isolated_url(url: &str, namespace: &str) -> Result<String> {
+    RoutingKey::validate(namespace).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidConfig,
+            format!("namespace: {}", e.message()),
+        )
+    })?;
+    let mut parsed = url::Url::parse(url).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidUrl,
+            format!("cannot parse broker url {:?}: {e}", redact(url)),
+        )
+    })?;
+    if parsed.scheme() == "memory" {
+        return Ok(format!("memory://{namespace}"));
+    }
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "exchange")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    parsed
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair("exchange", namespace);
+    Ok(parsed.to_string())
+}
+
+/// Picks a driver if its feature is compiled in, or says which feature to enable.
+macro_rules! driver {
+    ($feature:literal, $krate:ident, $url:expr) => {{
+        #[cfg(feature = $feature)]
+        {
+            $krate::connect($url).await?
+        }
+        #[cfg(not(feature = $feature))]
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidUrl,
+                format!(
+                    "the {} driver is not compiled in; enable the cargo feature `tidings/{}`",
+                    $feature, $feature
+                ),
+            ));
+        }
+    }};
+}
+use driver;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bad_urls_say_what_is_wrong() {
+        let e = connect("not a url").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidUrl);
+        assert!(e.to_string().contains("cannot parse"), "{e}");
+        let e = connect("kafka://host").await.unwrap_err();
+        assert!(e.to_string().contains("unknown scheme \"kafka\""), "{e}");
+    }
+
+    #[test]
+    fn isolated_urls_keep_other_options() {
+        assert_eq!(isolated_url("memory://", "t1").unwrap(), "memory://t1");
+        assert_eq!(
+            isolated_url("amqp://u:p@h:5672/%2f?exchange=old&heartbeat=10", "t1").unwrap(),
+            "amqp://u:p@h:5672/%2f?heartbeat=10&exchange=t1"
+        );
+        assert!(isolated_url("amqp://h", "bad name").is_err());
+    }
+
+    #[test]
+    fn redact_hides_passwords() {
+        assert_eq!(redact("amqp://u:secret@h:1/v"), "amqp://u:***@h:1/v");
+        assert!(!redact("amqp://u:se cret@h/%").contains("se cret"));
+    }
+}
