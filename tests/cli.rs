@@ -167,13 +167,37 @@ mod rabbitmq {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
+    use tidings_conformance::rabbitmq::Management;
+
     use super::stderr;
 
-    /// A URL on an exchange of this test's own, so parallel tests never meet.
-    fn url(test: &str) -> String {
-        let base = std::env::var("TIDINGS_AMQP091_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-        tidings::isolated_url(&base, &format!("cli-{test}-{}", std::process::id())).expect("url")
+    /// An exchange of this test's own, so parallel tests never meet. Dropped, it deletes the
+    /// exchange and the queues the session declared (`<exchange>.*`: durable groups and dead
+    /// letters outlive the processes). Declare it before the processes that use it, so they
+    /// are gone first.
+    struct Namespace {
+        exchange: String,
+        url: String,
+    }
+
+    impl Namespace {
+        fn new(test: &str) -> Self {
+            let base = std::env::var("TIDINGS_AMQP091_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+            let exchange = format!("cli-{test}-{}", std::process::id());
+            let url = tidings::isolated_url(&base, &exchange).expect("url");
+            Self { exchange, url }
+        }
+    }
+
+    impl Drop for Namespace {
+        fn drop(&mut self) {
+            let deleted = Management::for_broker(&self.url)
+                .and_then(|api| api.delete_namespace(&self.exchange));
+            if let Err(e) = deleted {
+                eprintln!("cleanup of {}: {e}", self.exchange);
+            }
+        }
     }
 
     fn run(url: &str, args: &[&str]) -> std::process::Output {
@@ -217,9 +241,10 @@ mod rabbitmq {
 
     #[test]
     fn serve_exec_answers_call_and_remote_errors_exit_1() {
-        let url = url("serve");
+        let namespace = Namespace::new("serve");
+        let url = &namespace.url;
         let _server = start(
-            &url,
+            url,
             &[
                 "serve",
                 "math.double",
@@ -228,27 +253,28 @@ mod rabbitmq {
             ],
             "serving",
         );
-        let out = run(&url, &["call", "math.double", "21", "--timeout", "10s"]);
+        let out = run(url, &["call", "math.double", "21", "--timeout", "10s"]);
         assert!(out.status.success(), "{}", stderr(&out));
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
-        let out = run(&url, &["call", "math.double", "500", "--timeout", "10s"]);
+        let out = run(url, &["call", "math.double", "500", "--timeout", "10s"]);
         assert_eq!(out.status.code(), Some(1));
         assert!(stderr(&out).contains("too big"), "{}", stderr(&out));
-        let out = run(&url, &["call", "math.nobody", "1", "--timeout", "2s"]);
+        let out = run(url, &["call", "math.nobody", "1", "--timeout", "2s"]);
         assert_eq!(out.status.code(), Some(1));
         assert!(stderr(&out).contains("no responders"), "{}", stderr(&out));
     }
 
     #[test]
     fn emit_is_seen_by_tail() {
-        let url = url("tail");
+        let namespace = Namespace::new("tail");
+        let url = &namespace.url;
         let tail = start(
-            &url,
+            url,
             &["tail", "orders.#", "--count", "1", "--json"],
             "following",
         );
         let out = run(
-            &url,
+            url,
             &[
                 "emit",
                 "orders.created",
@@ -273,19 +299,20 @@ mod rabbitmq {
 
     #[test]
     fn dead_letter_then_replay_then_delivered() {
-        let url = url("dead");
+        let namespace = Namespace::new("dead");
+        let url = &namespace.url;
         {
             // A worker that always fails: the job is dead-lettered (serve tries once).
             let _worker = start(
-                &url,
+                url,
                 &["serve", "jobs.resize", "--exec", "echo broken >&2; exit 1"],
                 "serving",
             );
-            let out = run(&url, &["emit", "jobs.resize", "{\"file\":\"a.png\"}"]);
+            let out = run(url, &["emit", "jobs.resize", "{\"file\":\"a.png\"}"]);
             assert!(out.status.success(), "{}", stderr(&out));
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
-                let out = run(&url, &["dead-letters", "jobs.resize"]);
+                let out = run(url, &["dead-letters", "jobs.resize"]);
                 let listed = String::from_utf8_lossy(&out.stdout).into_owned();
                 if listed.contains("key=jobs.resize") {
                     assert!(
@@ -301,15 +328,15 @@ mod rabbitmq {
                 );
             }
         }
-        let tail = start(&url, &["tail", "jobs.#", "--count", "1"], "following");
-        let out = run(&url, &["dead-letters", "jobs.resize", "--replay"]);
+        let tail = start(url, &["tail", "jobs.#", "--count", "1"], "following");
+        let out = run(url, &["dead-letters", "jobs.resize", "--replay"]);
         assert!(out.status.success(), "{}", stderr(&out));
         assert!(stderr(&out).contains("1 dead letters"), "{}", stderr(&out));
         assert!(
             wait(tail).contains("a.png"),
             "the replayed job was not delivered"
         );
-        let out = run(&url, &["dead-letters", "jobs.resize"]);
+        let out = run(url, &["dead-letters", "jobs.resize"]);
         assert!(
             stderr(&out).contains("0 dead letters"),
             "replayed letter still there: {}",

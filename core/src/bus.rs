@@ -178,7 +178,7 @@ impl Bus {
         let body = self.codec.encode(event)?;
         let mut envelope = Envelope::new(key, self.codec.content_type(), body);
         envelope.event = E::NAME.into();
-        envelope.emitter = self.identity.to_string();
+        envelope.emitter = String::from(&*self.identity);
         Ok(envelope)
     }
 

@@ -35,6 +35,12 @@ impl Codec {
 
     /// The codec for a content type, ignoring parameters such as `; charset=utf-8`.
     pub fn for_content_type(content_type: &str) -> Option<Self> {
+        // The exact types first: that is what tidings itself sends, once per message.
+        match content_type {
+            POSTCARD => return Some(Self::Postcard),
+            JSON => return Some(Self::Json),
+            _ => {}
+        }
         let base = content_type.split(';').next().unwrap_or("").trim();
         match base {
             POSTCARD => Some(Self::Postcard),
@@ -46,9 +52,16 @@ impl Codec {
     /// Encodes `value`.
     pub fn encode<T: Serialize + ?Sized>(self, value: &T) -> Result<Bytes> {
         let bytes = match self {
-            Self::Postcard => postcard::to_stdvec(value).map_err(|e| {
-                Error::new(ErrorKind::Encode, format!("postcard: {e}")).with_source(e)
-            })?,
+            Self::Postcard => {
+                let failed =
+                    |e| Error::new(ErrorKind::Encode, format!("postcard: {e}")).with_source(e);
+                // Measured first, so the buffer is allocated once, at its exact size, and
+                // becomes `Bytes` without another allocation.
+                let size =
+                    postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+                        .map_err(failed)?;
+                postcard::to_extend(value, Vec::with_capacity(size)).map_err(failed)?
+            }
             Self::Json => serde_json::to_vec(value)
                 .map_err(|e| Error::new(ErrorKind::Encode, format!("json: {e}")).with_source(e))?,
         };

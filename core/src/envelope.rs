@@ -132,18 +132,15 @@ pub fn now_ms() -> u64 {
 /// A process-unique, globally unlikely-to-collide id: a random 64-bit prefix fixed per process
 /// plus a counter. Cheaper than a random UUID per message and just as unique in practice.
 pub fn new_id() -> String {
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(random_u64);
+    let prefix = PREFIX.get_or_init(|| format!("{:016x}-", random_u64()));
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     // Hand-rolled hex: this runs once per message, and `format!` is several times slower.
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut id = String::with_capacity(33);
-    for shift in (0..16).rev() {
-        id.push(HEX[(prefix >> (shift * 4)) as usize & 0xf] as char);
-    }
-    id.push('-');
     let digits = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    let mut id = String::with_capacity(prefix.len() + digits as usize);
+    id.push_str(prefix);
     for shift in (0..digits).rev() {
         id.push(HEX[(n >> (shift * 4)) as usize & 0xf] as char);
     }

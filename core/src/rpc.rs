@@ -141,15 +141,25 @@ impl<'a, Req: Event, Resp: Event> Call<'a, Req, Resp> {
                 .expect("poisoned")
                 .remove(&correlation_id);
         };
-        if let Err(e) = self
-            .bus
-            .publish(envelope, &PublishOptions { mandatory: true })
-            .await
-        {
-            forget();
-            return Err(e);
-        }
-        let reply = match tokio::time::timeout(self.timeout, rx).await {
+        // The request's confirm and the reply are awaited together: a call costs one round trip
+        // to the server, not a confirm round trip first. A reply that comes before the confirm
+        // proves the request was delivered, so the confirm no longer matters.
+        let options = PublishOptions { mandatory: true };
+        let published = self.bus.publish(envelope, &options);
+        let replied = tokio::time::timeout(self.timeout, rx);
+        tokio::pin!(replied);
+        let reply = tokio::select! {
+            biased;
+            sent = published => match sent {
+                Ok(()) => replied.await,
+                Err(e) => {
+                    forget();
+                    return Err(e);
+                }
+            },
+            early = &mut replied => early,
+        };
+        let reply = match reply {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => {
                 return Err(Error::new(

@@ -18,6 +18,7 @@ use fe2o3_amqp::types::messaging::{Body, Data, Message, Properties};
 use fe2o3_amqp::types::primitives::{Binary, Value};
 use fe2o3_amqp::{Connection, Receiver, Sendable, Sender, Session};
 use futures::future::join_all;
+use tidings_conformance::rabbitmq::Management;
 use tidings_core::Bus;
 
 const MESSAGES: u32 = 20_000;
@@ -31,26 +32,10 @@ fn base_url() -> String {
         .unwrap_or_else(|| "amqp10://guest:guest@127.0.0.1:5672/".to_owned())
 }
 
-fn management(method: &str, path: &str, body: &str) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!("http://127.0.0.1:15672{path}");
-    let auth = "Basic Z3Vlc3Q6Z3Vlc3Q=";
-    let _ = match method {
-        "PUT" => agent
-            .put(&url)
-            .header("Authorization", auth)
-            .content_type("application/json")
-            .send(body),
-        "POST" => agent
-            .post(&url)
-            .header("Authorization", auth)
-            .content_type("application/json")
-            .send(body),
-        _ => agent.delete(&url).header("Authorization", auth).call(),
-    };
+/// The management API of the bench's broker: the plain side declares and deletes its topology
+/// there, as RabbitMQ cannot declare queues or bindings over AMQP 1.0.
+fn management() -> Management {
+    Management::for_broker(&base_url()).expect("broker url")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -199,23 +184,14 @@ async fn top_up(receiver: &mut Receiver, credit: u32) {
 
 async fn plain_side(exchange: &str) -> Result {
     let metadata = std::env::var("TIDINGS_BENCH_PLAIN_METADATA").is_ok_and(|v| v == "1");
-    management(
-        "PUT",
-        &format!("/api/exchanges/%2F/{exchange}"),
-        r#"{"type":"topic","durable":true}"#,
-    );
+    let api = management();
+    api.declare_exchange(exchange, "topic")
+        .expect("declare exchange");
     for (q, key) in [("work", "bench.*"), ("rpc", "rpc"), ("inbox", "")] {
-        management(
-            "PUT",
-            &format!("/api/queues/%2F/{exchange}.{q}"),
-            r#"{"durable":true}"#,
-        );
+        let queue = format!("{exchange}.{q}");
+        api.declare_queue(&queue).expect("declare queue");
         if !key.is_empty() {
-            management(
-                "POST",
-                &format!("/api/bindings/%2F/e/{exchange}/q/{exchange}.{q}"),
-                &format!(r#"{{"routing_key":"{key}"}}"#),
-            );
+            api.bind_queue(exchange, &queue, key).expect("bind queue");
         }
     }
     let open = || async {
@@ -341,9 +317,9 @@ async fn plain_side(exchange: &str) -> Result {
     let _ = pc.close().await;
     let _ = cc.close().await;
     for q in ["work", "rpc", "inbox"] {
-        management("DELETE", &format!("/api/queues/%2F/{exchange}.{q}"), "");
+        let _ = api.delete_queue(&format!("{exchange}.{q}"));
     }
-    management("DELETE", &format!("/api/exchanges/%2F/{exchange}"), "");
+    let _ = api.delete_exchange(exchange);
     Result {
         throughput,
         cpu_per_message,

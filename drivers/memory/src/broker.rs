@@ -14,7 +14,7 @@ use tidings_core::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::queue::{DeadLetterTarget, Queue};
+use crate::queue::{DeadLetterTarget, Handed, MemorySettle, Queue};
 
 static IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -173,7 +173,7 @@ impl MemoryProvider {
         dead_letters: DeadLetterTarget,
     ) -> Box<dyn Consumer> {
         let id = next_id();
-        let rx = queue.attach(id, prefetch, Arc::new(dead_letters));
+        let rx = queue.attach(id, prefetch);
         self.consumers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -181,6 +181,7 @@ impl MemoryProvider {
         Box::new(MemoryConsumer {
             rx,
             queue,
+            dead_letters: Arc::new(dead_letters),
             id,
             broker: self.broker.clone(),
             detached: false,
@@ -209,6 +210,10 @@ impl Provider for MemoryProvider {
     }
 
     async fn publish(&self, envelope: Envelope, options: &PublishOptions) -> Result<()> {
+        // A publish never waits here, so it takes part in tokio's cooperative scheduling as
+        // tokio's own channels do: a task publishing in a tight loop yields now and then, and
+        // the consumers it woke run in parallel instead of after it.
+        tokio::task::consume_budget().await;
         self.check_open()?;
         let key = options.mandatory.then(|| envelope.routing_key.clone());
         if !self.broker.route(Arc::new(envelope)) {
@@ -299,8 +304,9 @@ impl Provider for MemoryProvider {
 }
 
 struct MemoryConsumer {
-    rx: mpsc::UnboundedReceiver<Delivery>,
+    rx: mpsc::UnboundedReceiver<Handed>,
     queue: Arc<Queue>,
+    dead_letters: Arc<DeadLetterTarget>,
     id: u64,
     broker: Arc<Broker>,
     detached: bool,
@@ -320,7 +326,13 @@ impl MemoryConsumer {
 #[async_trait]
 impl Consumer for MemoryConsumer {
     async fn next(&mut self) -> Option<Delivery> {
-        self.rx.recv().await
+        let (tag, envelope) = self.rx.recv().await?;
+        let settle = MemorySettle {
+            queue: self.queue.clone(),
+            tag,
+            dead_letters: self.dead_letters.clone(),
+        };
+        Some(Delivery::new(envelope, Box::new(settle)))
     }
 
     async fn cancel(mut self: Box<Self>) -> Result<()> {

@@ -4,19 +4,22 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
 use tidings_core::envelope::now_ms;
-use tidings_core::{async_trait, Delivery, Envelope, Outcome, Result, Settle};
+use tidings_core::{async_trait, Envelope, Outcome, Result, Settle};
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
 
+/// A message handed to a consumer: its delivery tag and the shared envelope. The consumer
+/// wraps it into a [`Delivery`] on its own thread, so the publisher never touches the reference
+/// counts the consumer's settling uses.
+pub(crate) type Handed = (u64, Arc<Envelope>);
+
 /// A consumer attached to a queue.
 struct Slot {
     id: u64,
-    tx: mpsc::UnboundedSender<Delivery>,
+    tx: mpsc::UnboundedSender<Handed>,
     prefetch: usize,
     in_flight: usize,
-    /// Where this consumer's dead letters go, and the subscription name they record.
-    dead_letters: Arc<DeadLetterTarget>,
 }
 
 /// Where a consumer's failed messages go.
@@ -106,8 +109,7 @@ impl Queue {
         self: &Arc<Self>,
         id: u64,
         prefetch: usize,
-        dead_letters: Arc<DeadLetterTarget>,
-    ) -> mpsc::UnboundedReceiver<Delivery> {
+    ) -> mpsc::UnboundedReceiver<Handed> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut state = self.lock();
         state.consumers.push(Slot {
@@ -115,7 +117,6 @@ impl Queue {
             tx,
             prefetch: prefetch.max(1),
             in_flight: 0,
-            dead_letters,
         });
         self.dispatch(&mut state, None);
         rx
@@ -187,13 +188,7 @@ impl Queue {
             let slot = &mut state.consumers[i];
             slot.in_flight += 1;
             let owner = slot.id;
-            let settle = MemorySettle {
-                queue: self.clone(),
-                tag,
-                dead_letters: slot.dead_letters.clone(),
-            };
-            let delivery = Delivery::new(envelope.clone(), Box::new(settle));
-            if slot.tx.send(delivery).is_err() {
+            if slot.tx.send((tag, envelope.clone())).is_err() {
                 slot.in_flight -= 1;
                 state.ready.push_front(envelope);
                 continue;
@@ -239,10 +234,10 @@ impl Queue {
 }
 
 /// Settles one delivery of the in-process broker.
-struct MemorySettle {
-    queue: Arc<Queue>,
-    tag: u64,
-    dead_letters: Arc<DeadLetterTarget>,
+pub(crate) struct MemorySettle {
+    pub(crate) queue: Arc<Queue>,
+    pub(crate) tag: u64,
+    pub(crate) dead_letters: Arc<DeadLetterTarget>,
 }
 
 #[async_trait]

@@ -1,8 +1,8 @@
 //! Deleting what tests leave on the brokers. STOMP itself cannot delete a queue, so:
 //!
-//! - RabbitMQ: the management HTTP API (`TIDINGS_RABBITMQ_MANAGEMENT`, default
-//!   `http://127.0.0.1:15672`, with the STOMP url's login) lists the queues whose names start
-//!   with `<namespace>.` and deletes them.
+//! - RabbitMQ: the management HTTP API (`tidings_conformance::rabbitmq`: at
+//!   `TIDINGS_RABBITMQ_MANAGEMENT`, default `http://<host>:15672`, with the STOMP url's login
+//!   and vhost) lists the queues whose names start with `<namespace>.` and deletes them.
 //! - ActiveMQ: the Debian broker runs without JMX or a web console, so `AmqPurge.java` (next to
 //!   this file) deletes the namespace's queues and topics over OpenWire
 //!   (`TIDINGS_ACTIVEMQ_OPENWIRE`, default `tcp://127.0.0.1:61616`) with the client jars Debian
@@ -10,6 +10,8 @@
 //!   about two seconds, so callers collect namespaces and purge them in one go.
 //!
 //! Cleanup never fails a test: what cannot be deleted is reported on stderr.
+
+use tidings_conformance::rabbitmq::Management;
 
 use super::Broker;
 
@@ -37,52 +39,25 @@ pub fn purge_prefix(broker: Broker, prefix: &str) -> Result<(), String> {
 }
 
 fn purge_rabbitmq(broker: Broker, names: &[String], raw_prefix: bool) -> Result<(), String> {
-    let stomp = url::Url::parse(&broker.url()).map_err(|e| e.to_string())?;
-    let base = std::env::var("TIDINGS_RABBITMQ_MANAGEMENT")
-        .unwrap_or_else(|_| "http://127.0.0.1:15672".to_owned());
-    let vhost = match stomp.path() {
-        "" | "/" => "%2F".to_owned(),
-        p => p[1..].to_owned(),
-    };
-    let auth = format!(
-        "Basic {}",
-        base64(&format!(
-            "{}:{}",
-            stomp.username(),
-            stomp.password().unwrap_or("")
-        ))
-    );
-    let list = ureq::get(&format!("{base}/api/queues/{vhost}?columns=name,consumers"))
-        .header("Authorization", &auth)
-        .call()
-        .map_err(|e| format!("listing queues at {base}: {e}"))?
-        .body_mut()
-        .read_to_string()
-        .map_err(|e| e.to_string())?;
-    let queues: Vec<serde_json::Value> = serde_json::from_str(&list).map_err(|e| e.to_string())?;
-    for queue in queues {
-        let Some(name) = queue["name"].as_str() else {
-            continue;
+    let api = Management::for_broker(&broker.url())?;
+    let mut failures = Vec::new();
+    for name in names {
+        // A namespace owns the queues `<namespace>.*`; a raw prefix is a sweep of old
+        // leftovers, which never touches a queue somebody consumes.
+        let (prefix, only_idle) = if raw_prefix {
+            (name.clone(), true)
+        } else {
+            (format!("{name}."), false)
         };
-        let ours = names.iter().any(|n| {
-            if raw_prefix {
-                name.starts_with(n.as_str())
-            } else {
-                name.strip_prefix(n.as_str())
-                    .is_some_and(|rest| rest.starts_with('.'))
-            }
-        });
-        // A sweep of old leftovers never touches a queue somebody consumes.
-        if !ours || (raw_prefix && queue["consumers"].as_u64() != Some(0)) {
-            continue;
+        if let Err(e) = api.delete_queues_with_prefix(&prefix, only_idle) {
+            failures.push(e);
         }
-        let encoded: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
-        ureq::delete(&format!("{base}/api/queues/{vhost}/{encoded}"))
-            .header("Authorization", &auth)
-            .call()
-            .map_err(|e| format!("deleting queue {name}: {e}"))?;
     }
-    Ok(())
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("; "))
+    }
 }
 
 fn purge_activemq(names: &[String], prefix: bool) -> Result<(), String> {
@@ -119,27 +94,4 @@ fn purge_activemq(names: &[String], prefix: bool) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Standard base64 with padding, for the Basic authorization header.
-fn base64(text: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = text.as_bytes();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
