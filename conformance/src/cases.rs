@@ -14,7 +14,9 @@ use crate::ensure;
 use crate::support::{collector, Ctx, Note, QUIET, SOON};
 use crate::BoxFuture;
 
-type Outcome = Result<(), String>;
+/// What a case returns: any error fails it, with its text as the reason (driver errors and
+/// the suite's own messages alike, through `?`).
+type Outcome = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 /// One conformance case.
 #[derive(Debug)]
@@ -103,15 +105,11 @@ async fn broadcast_reaches_every_subscriber_once(ctx: Arc<Ctx>) -> Outcome {
         let (sink, got) = collector();
         bus.subscribe::<Note>("orders.#")
             .handle(sink.recorder(|note: Note| note.n))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         seen.push(got);
     }
     for n in 0..5 {
-        publisher
-            .emit("orders.created", &Note::new(n))
-            .await
-            .map_err(|e| e.to_string())?;
+        publisher.emit("orders.created", &Note::new(n)).await?;
     }
     for (i, got) in seen.iter_mut().enumerate() {
         let mut ns = got
@@ -139,14 +137,11 @@ async fn star_and_hash_patterns_match_exactly(ctx: Arc<Ctx>) -> Outcome {
         let (sink, got) = collector::<String>();
         bus.subscribe::<Note>(pattern)
             .handle_message(sink.recorder(|m: Message<Note>| m.routing_key().to_owned()))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         readers.push((pattern, got));
     }
     for (n, key) in keys.iter().enumerate() {
-        bus.emit(key, &Note::new(n as u32))
-            .await
-            .map_err(|e| e.to_string())?;
+        bus.emit(key, &Note::new(n as u32)).await?;
     }
     let expected: BTreeMap<&str, Vec<&str>> = [
         ("a.*.c", vec!["a.b.c"]),
@@ -196,15 +191,11 @@ async fn group_delivers_each_message_to_one_member_and_spreads_load(ctx: Arc<Ctx
                     Ok(())
                 }
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     let publisher = ctx.bus().await?;
     for n in 0..300 {
-        publisher
-            .emit("jobs.resize", &Note::new(n))
-            .await
-            .map_err(|e| e.to_string())?;
+        publisher.emit("jobs.resize", &Note::new(n)).await?;
     }
     let mut all = got.take(300, SOON * 3).await?;
     all.extend(got.drain_for(QUIET).await);
@@ -239,8 +230,7 @@ async fn failed_message_is_retried_by_another_member(ctx: Arc<Ctx>) -> Outcome {
             tokio::time::sleep(Duration::from_millis(10)).await;
             Err("this member always fails".into())
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let healthy = ctx.bus().await?;
     healthy
         .subscribe::<Note>("work")
@@ -248,13 +238,9 @@ async fn failed_message_is_retried_by_another_member(ctx: Arc<Ctx>) -> Outcome {
         .prefetch(1)
         .max_attempts(1000)
         .handle(sink.recorder(|note: Note| note.n))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     for n in 0..20 {
-        healthy
-            .emit("work", &Note::new(n))
-            .await
-            .map_err(|e| e.to_string())?;
+        healthy.emit("work", &Note::new(n)).await?;
     }
     let mut ns = got.take(20, SOON).await?;
     got.nothing_more(QUIET).await?;
@@ -282,14 +268,10 @@ async fn unacked_messages_of_a_dead_consumer_are_redelivered(ctx: Arc<Ctx>) -> O
                 Ok(())
             }
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let publisher = ctx.bus().await?;
     for n in 0..5 {
-        publisher
-            .emit("work", &Note::new(n))
-            .await
-            .map_err(|e| e.to_string())?;
+        publisher.emit("work", &Note::new(n)).await?;
     }
     started_seen
         .take(1, SOON)
@@ -302,8 +284,7 @@ async fn unacked_messages_of_a_dead_consumer_are_redelivered(ctx: Arc<Ctx>) -> O
         .subscribe::<Note>("work")
         .group(&group)
         .handle_message(sink.recorder(|m: Message<Note>| (m.n, m.attempt())))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let mut all = got.take(5, SOON).await?;
     got.nothing_more(QUIET).await?;
     all.sort();
@@ -332,12 +313,9 @@ async fn handler_error_is_retried_then_dead_lettered_with_reason(ctx: Arc<Ctx>) 
             counter.fetch_add(1, Ordering::SeqCst);
             async { Err("disk on fire".into()) }
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    bus.emit("work.burn", &Note::new(7))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut dead = bus.dead_letters(&group).await.map_err(|e| e.to_string())?;
+        .await?;
+    bus.emit("work.burn", &Note::new(7)).await?;
+    let mut dead = bus.dead_letters(&group).await?;
     let letter = tokio::time::timeout(SOON, dead.next())
         .await
         .map_err(|_| "no dead letter arrived".to_string())?
@@ -370,7 +348,7 @@ async fn handler_error_is_retried_then_dead_lettered_with_reason(ctx: Arc<Ctx>) 
         note == Note::new(7),
         "dead letter payload changed: {note:?}"
     );
-    letter.purge().await.map_err(|e| e.to_string())?;
+    letter.purge().await?;
     ensure!(
         calls.load(Ordering::SeqCst) == 3,
         "handler ran {} times, expected exactly 3",
@@ -399,12 +377,9 @@ async fn dead_letter_can_be_replayed(ctx: Arc<Ctx>) -> Outcome {
                 Ok(())
             }
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    bus.emit("work", &Note::new(3))
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut dead = bus.dead_letters(&group).await.map_err(|e| e.to_string())?;
+        .await?;
+    bus.emit("work", &Note::new(3)).await?;
+    let mut dead = bus.dead_letters(&group).await?;
     let letter = tokio::time::timeout(SOON, dead.next())
         .await
         .map_err(|_| "no dead letter arrived".to_string())?
@@ -415,7 +390,7 @@ async fn dead_letter_can_be_replayed(ctx: Arc<Ctx>) -> Outcome {
         letter.attempts()
     );
     healthy.store(true, Ordering::SeqCst);
-    letter.replay().await.map_err(|e| e.to_string())?;
+    letter.replay().await?;
     let ns = got
         .take(1, SOON)
         .await
@@ -441,8 +416,7 @@ async fn undecodable_payload_is_dead_lettered_without_retry(ctx: Arc<Ctx>) -> Ou
             counter.fetch_add(1, Ordering::SeqCst);
             async { Ok(()) }
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let mut garbage = Envelope::new(
         "input",
         POSTCARD,
@@ -450,13 +424,11 @@ async fn undecodable_payload_is_dead_lettered_without_retry(ctx: Arc<Ctx>) -> Ou
     );
     garbage.event = "conformance_note".into();
     bus.publish_envelope(garbage, &PublishOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let wrong_type = Envelope::new("input", "text/csv", Bytes::from_static(b"1,2,3"));
     bus.publish_envelope(wrong_type, &PublishOptions::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut dead = bus.dead_letters(&group).await.map_err(|e| e.to_string())?;
+        .await?;
+    let mut dead = bus.dead_letters(&group).await?;
     let mut reasons = Vec::new();
     for _ in 0..2 {
         let letter = tokio::time::timeout(SOON, dead.next())
@@ -474,7 +446,7 @@ async fn undecodable_payload_is_dead_lettered_without_retry(ctx: Arc<Ctx>) -> Ou
             letter.attempts()
         );
         reasons.push(letter.reason().to_owned());
-        letter.purge().await.map_err(|e| e.to_string())?;
+        letter.purge().await?;
     }
     reasons.sort();
     ensure!(
@@ -503,24 +475,19 @@ async fn expired_message_is_not_delivered(ctx: Arc<Ctx>) -> Outcome {
     bus.subscribe::<Note>("news")
         .group(&group)
         .handle(|_| async { Ok(()) })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .unsubscribe()
         .await;
     bus.emit("news", &Note::new(1))
         .ttl(Duration::from_millis(300))
-        .await
-        .map_err(|e| e.to_string())?;
-    bus.emit("news", &Note::new(2))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
+    bus.emit("news", &Note::new(2)).await?;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (sink, mut got) = collector::<u32>();
     bus.subscribe::<Note>("news")
         .group(&group)
         .handle(sink.recorder(|note: Note| note.n))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let ns = got.take(1, SOON).await?;
     got.nothing_more(QUIET)
         .await
@@ -544,15 +511,13 @@ async fn headers_and_interceptors_round_trip(ctx: Arc<Ctx>) -> Outcome {
     receiver
         .subscribe::<Note>("h.*")
         .handle_message(sink.recorder(|m: Message<Note>| m.envelope().headers.clone()))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let tricky = "a:b\nc\\d\re, ünï ✓";
     sender
         .emit("h.x", &Note::new(1))
         .header("tenant", "acme")
         .header("tricky", tricky)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let headers = got.take(1, SOON).await?.remove(0);
     ensure!(
         headers.get("tenant").map(String::as_str) == Some("acme"),
@@ -585,38 +550,22 @@ async fn headers_and_interceptors_round_trip(ctx: Arc<Ctx>) -> Outcome {
 }
 
 async fn emitter_identity_is_visible_and_filterable(ctx: Arc<Ctx>) -> Outcome {
-    let worker = ctx
-        .bus()
-        .await?
-        .with_identity("host1.worker.1")
-        .map_err(|e| e.to_string())?;
-    let monitor = ctx
-        .bus()
-        .await?
-        .with_identity("host2.monitor.7")
-        .map_err(|e| e.to_string())?;
+    let worker = ctx.bus().await?.with_identity("host1.worker.1")?;
+    let monitor = ctx.bus().await?.with_identity("host2.monitor.7")?;
     let receiver = ctx.bus().await?;
     let (all_sink, mut all) = collector::<String>();
     receiver
         .subscribe::<Note>("log.#")
         .handle_message(all_sink.recorder(|m: Message<Note>| m.emitter().to_owned()))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let (worker_sink, mut workers) = collector::<String>();
     receiver
         .subscribe::<Note>("log.#")
         .from("*.worker.*")
         .handle_message(worker_sink.recorder(|m: Message<Note>| m.emitter().to_owned()))
-        .await
-        .map_err(|e| e.to_string())?;
-    worker
-        .emit("log.info", &Note::new(1))
-        .await
-        .map_err(|e| e.to_string())?;
-    monitor
-        .emit("log.info", &Note::new(2))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
+    worker.emit("log.info", &Note::new(1)).await?;
+    monitor.emit("log.info", &Note::new(2)).await?;
     let mut emitters = all.take(2, SOON).await?;
     emitters.sort();
     ensure!(
@@ -642,14 +591,9 @@ async fn rpc_call_returns_the_reply(ctx: Arc<Ctx>) -> Outcome {
         .serve(&name, |pair: Vec<u8>| async move {
             Ok(pair.iter().map(|x| *x as u64).sum::<u64>())
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let client = ctx.bus().await?;
-    let sum: u64 = client
-        .call(&name, &vec![2u8, 40])
-        .timeout(SOON)
-        .await
-        .map_err(|e| e.to_string())?;
+    let sum: u64 = client.call(&name, &vec![2u8, 40]).timeout(SOON).await?;
     ensure!(sum == 42, "call returned {sum}, expected 42");
     Ok(())
 }
@@ -661,8 +605,7 @@ async fn rpc_remote_error_reaches_the_caller(ctx: Arc<Ctx>) -> Outcome {
         .serve(&name, |_: u64| async move {
             Err::<u64, _>("division by zero".into())
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let client = ctx.bus().await?;
     let started = Instant::now();
     let result: tidings_core::Result<u64> = client.call(&name, &0u64).timeout(SOON).await;
@@ -691,8 +634,7 @@ async fn rpc_call_times_out(ctx: Arc<Ctx>) -> Outcome {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Ok(n)
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let client = ctx.bus().await?;
     let started = Instant::now();
     let result: tidings_core::Result<u64> = client
@@ -725,8 +667,7 @@ async fn rpc_late_reply_is_ignored(ctx: Arc<Ctx>) -> Outcome {
             Ok(n * 10)
         })
         .concurrency(4)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let client = ctx.bus().await?;
     let first: tidings_core::Result<u64> = client
         .call(&name, &1u64)
@@ -738,18 +679,10 @@ async fn rpc_late_reply_is_ignored(ctx: Arc<Ctx>) -> Outcome {
             .is_err_and(|e| e.kind() == ErrorKind::Timeout),
         "first call should time out: {first:?}"
     );
-    let second: u64 = client
-        .call(&name, &2u64)
-        .timeout(SOON)
-        .await
-        .map_err(|e| e.to_string())?;
+    let second: u64 = client.call(&name, &2u64).timeout(SOON).await?;
     ensure!(second == 20, "second call got {second}, expected 20");
     tokio::time::sleep(Duration::from_millis(900)).await; // the late reply to call 1 arrives now
-    let third: u64 = client
-        .call(&name, &3u64)
-        .timeout(SOON)
-        .await
-        .map_err(|e| e.to_string())?;
+    let third: u64 = client.call(&name, &3u64).timeout(SOON).await?;
     ensure!(
         third == 30,
         "after a late reply, the third call got {third}, expected 30"
@@ -763,8 +696,7 @@ async fn rpc_concurrent_calls_share_one_inbox(ctx: Arc<Ctx>) -> Outcome {
     server
         .serve(&name, |n: u64| async move { Ok(n * n) })
         .concurrency(8)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let client = ctx.bus().await?;
     let calls = (0..100u64).map(|n| {
         let client = client.clone();
@@ -820,12 +752,11 @@ async fn cast_reaches_exactly_one_worker(ctx: Arc<Ctx>) -> Outcome {
                 Ok(())
             }
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     }
     let client = ctx.bus().await?;
     for n in 0..10u64 {
-        client.cast(&name, &n).await.map_err(|e| e.to_string())?;
+        client.cast(&name, &n).await?;
     }
     let mut all = got.take(10, SOON).await?;
     got.nothing_more(QUIET).await?;
@@ -844,14 +775,10 @@ async fn order_is_kept_from_one_publisher_to_one_consumer(ctx: Arc<Ctx>) -> Outc
     bus.subscribe::<Note>("seq")
         .group(&ctx.name("ordered"))
         .handle(sink.recorder(|note: Note| note.n))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let publisher = ctx.bus().await?;
     for n in 0..500 {
-        publisher
-            .emit("seq", &Note::new(n))
-            .await
-            .map_err(|e| e.to_string())?;
+        publisher.emit("seq", &Note::new(n)).await?;
     }
     let ns = got.take(500, SOON * 3).await?;
     if let Some(i) = (1..ns.len()).find(|&i| ns[i] != ns[i - 1] + 1) {
@@ -859,7 +786,8 @@ async fn order_is_kept_from_one_publisher_to_one_consumer(ctx: Arc<Ctx>) -> Outc
             "out of order at position {i}: {} after {}",
             ns[i],
             ns[i - 1]
-        ));
+        )
+        .into());
     }
     ensure!(ns[0] == 0, "first message was {}", ns[0]);
     Ok(())
@@ -870,14 +798,11 @@ async fn one_mebibyte_payload_round_trips(ctx: Arc<Ctx>) -> Outcome {
     let (sink, mut got) = collector::<Vec<u8>>();
     bus.subscribe::<Vec<u8>>("blob")
         .handle(sink.recorder(|bytes: Vec<u8>| bytes))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let payload: Vec<u8> = (0..1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
         .collect();
-    bus.emit("blob", &payload)
-        .await
-        .map_err(|e| e.to_string())?;
+    bus.emit("blob", &payload).await?;
     let back = got.take(1, SOON * 2).await?.remove(0);
     ensure!(
         back.len() == payload.len(),
@@ -901,8 +826,7 @@ async fn ten_thousand_messages_none_lost_or_duplicated(ctx: Arc<Ctx>) -> Outcome
             .prefetch(100)
             .concurrency(4)
             .handle(sink.recorder(|note: Note| note.n))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     let publisher = ctx.bus().await?;
     for chunk in (0..N).collect::<Vec<_>>().chunks(200) {
@@ -912,7 +836,7 @@ async fn ten_thousand_messages_none_lost_or_duplicated(ctx: Arc<Ctx>) -> Outcome
             async move { publisher.emit("bulk.item", &Note::new(n)).await }
         });
         for r in futures::future::join_all(sends).await {
-            r.map_err(|e| e.to_string())?;
+            r?;
         }
     }
     let mut all = got.take(N as usize, Duration::from_secs(120)).await?;
@@ -949,11 +873,8 @@ async fn graceful_shutdown_finishes_in_flight_handlers(ctx: Arc<Ctx>) -> Outcome
                 Ok(())
             }
         })
-        .await
-        .map_err(|e| e.to_string())?;
-    bus.emit("job", &Note::new(1))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
+    bus.emit("job", &Note::new(1)).await?;
     started_seen.take(1, SOON).await?;
     bus.shutdown()
         .await
@@ -969,8 +890,7 @@ async fn graceful_shutdown_finishes_in_flight_handlers(ctx: Arc<Ctx>) -> Outcome
         .subscribe::<Note>("job")
         .group(&group)
         .handle(sink.recorder(|note: Note| note.n))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     got.nothing_more(QUIET)
         .await
         .map_err(|e| format!("a message finished before shutdown was redelivered: {e}"))?;
@@ -992,8 +912,7 @@ async fn active_when_guard_sends_work_to_other_members(ctx: Arc<Ctx>) -> Outcome
         .prefetch(1)
         .active_when(move || flag.load(Ordering::SeqCst))
         .handle(guarded_sink.recorder(|note: Note| ("guarded", note.n)))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let other = ctx.bus().await?;
     let other_sink = sink.clone();
     let other_sub = other
@@ -1001,13 +920,9 @@ async fn active_when_guard_sends_work_to_other_members(ctx: Arc<Ctx>) -> Outcome
         .group(&group)
         .prefetch(1)
         .handle(other_sink.recorder(|note: Note| ("other", note.n)))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     for n in 0..20 {
-        other
-            .emit("file.put", &Note::new(n))
-            .await
-            .map_err(|e| e.to_string())?;
+        other.emit("file.put", &Note::new(n)).await?;
     }
     let first = got.take(20, SOON).await?;
     ensure!(
@@ -1017,10 +932,7 @@ async fn active_when_guard_sends_work_to_other_members(ctx: Arc<Ctx>) -> Outcome
     other_sub.unsubscribe().await;
     disk_ok.store(true, Ordering::SeqCst);
     for n in 20..25 {
-        other
-            .emit("file.put", &Note::new(n))
-            .await
-            .map_err(|e| e.to_string())?;
+        other.emit("file.put", &Note::new(n)).await?;
     }
     let mut second = got.take(5, SOON).await?;
     got.nothing_more(QUIET).await?;

@@ -107,7 +107,7 @@ pub fn run_case(harness: Arc<dyn Harness>, case: &Case) -> std::result::Result<(
         let result = tokio::time::timeout(case.timeout, (case.run)(ctx)).await;
         harness.cleanup(&namespace).await;
         match result {
-            Ok(outcome) => outcome,
+            Ok(outcome) => outcome.map_err(|e| e.to_string()),
             Err(_) => Err(format!("case did not finish within {:?}", case.timeout)),
         }
     })

@@ -49,7 +49,7 @@ pub fn namespace(case: &str) -> String {
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
         if !$cond {
-            return Err(format!($($fmt)+));
+            return Err(format!($($fmt)+).into());
         }
     };
 }

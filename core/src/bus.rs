@@ -5,7 +5,6 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -14,7 +13,7 @@ use crate::envelope::{headers, Envelope};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::interceptor::Interceptor;
-use crate::provider::{Capabilities, Provider, PublishOptions, Status};
+use crate::provider::{Capabilities, Completion, Provider, PublishOptions, Status};
 use crate::routing::RoutingKey;
 use crate::rpc::RpcClient;
 
@@ -321,13 +320,13 @@ static MANDATORY: PublishOptions = PublishOptions { mandatory: true };
 
 impl<'a, E: Event> IntoFuture for Emit<'a, E> {
     type Output = Result<()>;
-    type IntoFuture = BoxFuture<'a, Result<()>>;
+    type IntoFuture = Completion<'a, Result<()>>;
 
     fn into_future(self) -> Self::IntoFuture {
         let provider = &self.bus.shared.provider;
         match self.prepare() {
             Ok((envelope, options)) => provider.publish(envelope, options),
-            Err(e) => Box::pin(std::future::ready(Err(e))),
+            Err(e) => Completion::ready(Err(e)),
         }
     }
 }

@@ -27,8 +27,8 @@ pub use error::{Error, ErrorKind, Result};
 pub use event::Event;
 pub use interceptor::Interceptor;
 pub use provider::{
-    Capabilities, Consumer, Delivery, Inbox, Mode, Outcome, Provider, PublishOptions, Settle,
-    Status, SubscribeSpec,
+    Capabilities, Completion, Consumer, Delivery, Inbox, Mode, Outcome, Provider, PublishOptions,
+    Settle, Status, SubscribeSpec,
 };
 pub use routing::{Pattern, RoutingKey, Segment};
 pub use rpc::{Call, Serve};

@@ -14,9 +14,13 @@
 //!   another consumer of the same queue (at-least-once).
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 
 use crate::envelope::Envelope;
 use crate::error::Result;
@@ -76,11 +80,83 @@ pub enum Outcome {
     },
 }
 
+/// What the per-message operations of a driver (publish, next, settle) return: either a
+/// result that is already there or a future.
+///
+/// The in-process driver finishes these operations synchronously, millions of times a second;
+/// `ready` spares it the allocation an `async fn` in a trait object costs. A ready completion
+/// still counts against tokio's cooperative budget, as tokio's own channels do, so a task
+/// publishing in a tight loop yields now and then and lets the consumers it woke run.
+/// Network drivers return `later(async move { ... })`.
+#[must_use = "a completion does nothing until awaited"]
+pub struct Completion<'a, T>(Step<'a, T>);
+
+enum Step<'a, T> {
+    /// Done; counts against the cooperative budget when `cooperative`.
+    Ready {
+        value: Option<T>,
+        cooperative: bool,
+    },
+    Later(BoxFuture<'a, T>),
+}
+
+impl<'a, T> Completion<'a, T> {
+    /// A completion that is done: `value` is its output. For operations that could have had to
+    /// wait (a publish, the next delivery): awaiting it uses one unit of tokio's budget.
+    pub fn ready(value: T) -> Self {
+        Self(Step::Ready {
+            value: Some(value),
+            cooperative: true,
+        })
+    }
+
+    /// A completion that is done and never had anything to wait for (an in-memory ack):
+    /// awaiting it costs nothing.
+    pub fn done(value: T) -> Self {
+        Self(Step::Ready {
+            value: Some(value),
+            cooperative: false,
+        })
+    }
+
+    /// A completion that `future` finishes.
+    pub fn later(future: impl Future<Output = T> + Send + 'a) -> Self {
+        Self(Step::Later(Box::pin(future)))
+    }
+}
+
+// Never pinned structurally: the ready value is moved out, the future is boxed.
+impl<T> Unpin for Completion<'_, T> {}
+
+impl<T> Future for Completion<'_, T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match &mut self.get_mut().0 {
+            Step::Ready { value, cooperative } => {
+                if *cooperative {
+                    std::task::ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
+                }
+                Poll::Ready(value.take().expect("Completion polled after it finished"))
+            }
+            Step::Later(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<T> fmt::Debug for Completion<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Step::Ready { .. } => "Completion::Ready",
+            Step::Later(_) => "Completion::Later",
+        })
+    }
+}
+
 /// Settles one delivery with the broker. Implemented by drivers.
-#[async_trait]
 pub trait Settle: Send + Sync + 'static {
     /// Applies `outcome`. Called at most once per delivery.
-    async fn settle(self: Box<Self>, outcome: Outcome) -> Result<()>;
+    fn settle(self: Box<Self>, outcome: Outcome) -> Completion<'static, Result<()>>;
 }
 
 /// A received message and the means to settle it.
@@ -108,8 +184,8 @@ impl Delivery {
     }
 
     /// Settles the delivery with `outcome`.
-    pub async fn settle(self, outcome: Outcome) -> Result<()> {
-        self.settle.settle(outcome).await
+    pub fn settle(self, outcome: Outcome) -> Completion<'static, Result<()>> {
+        self.settle.settle(outcome)
     }
 
     /// Splits the delivery into its message and its settlement handle.
@@ -131,7 +207,7 @@ impl fmt::Debug for Delivery {
 pub trait Consumer: Send + 'static {
     /// The next delivery; `None` once cancelled or closed. Must be cancel-safe: dropping the
     /// future loses no delivery.
-    async fn next(&mut self) -> Option<Delivery>;
+    fn next(&mut self) -> Completion<'_, Option<Delivery>>;
     /// Stops receiving. Deliveries not yet settled go back to the queue.
     async fn cancel(self: Box<Self>) -> Result<()>;
 }
@@ -201,7 +277,11 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     fn capabilities(&self) -> Capabilities;
 
     /// Publishes to the bus's topic space under `envelope.routing_key`.
-    async fn publish(&self, envelope: Envelope, options: &PublishOptions) -> Result<()>;
+    fn publish<'a>(
+        &'a self,
+        envelope: Envelope,
+        options: &'a PublishOptions,
+    ) -> Completion<'a, Result<()>>;
 
     /// Opens a subscription.
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>>;

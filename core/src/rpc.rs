@@ -24,7 +24,8 @@ use crate::codec::Codec;
 use crate::envelope::{headers, new_id, Envelope};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
-use crate::provider::{Outcome, PublishOptions};
+use crate::interceptor::Interceptor;
+use crate::provider::{Consumer, Outcome, PublishOptions};
 use crate::subscribe::{
     decode, panic_text, settings_methods, start, Failure, HandlerError, RawHandler, Settings,
     Subscription,
@@ -33,53 +34,83 @@ use crate::subscribe::{
 /// The default time a call waits for its reply.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Arc<Envelope>>>>>;
+type Waiters = Mutex<HashMap<String, oneshot::Sender<Arc<Envelope>>>>;
 
 /// The caller side: one inbox per bus, shared by all calls.
+///
+/// No task reads the inbox. A waiting call takes the inbox and reads replies for every call
+/// until its own arrives, then hands the inbox to the next waiting call. A caller making one
+/// call at a time so reads its reply itself, without a hop through another task.
 pub(crate) struct RpcClient {
     address: String,
-    pending: Pending,
+    waiters: Waiters,
+    inbox: tokio::sync::Mutex<Box<dyn Consumer>>,
+    interceptors: Arc<[Arc<dyn Interceptor>]>,
 }
 
 impl RpcClient {
     async fn open(bus: &Bus) -> Result<Self> {
         let inbox = bus.shared.provider.open_inbox().await?;
-        let pending: Pending = Arc::default();
-        let routes = pending.clone();
-        let mut consumer = inbox.consumer;
-        let interceptors = bus.interceptors.clone();
-        let stopping = bus.shared.stopping.clone();
-        // Not tracked: shutdown need not wait for the reply reader.
-        tokio::spawn(async move {
-            loop {
-                let delivery = tokio::select! {
-                    _ = stopping.cancelled() => break,
-                    d = consumer.next() => match d { Some(d) => d, None => break },
-                };
-                let (mut envelope, settle) = delivery.into_parts();
-                let _ = settle.settle(Outcome::Ack).await;
-                for interceptor in interceptors.iter() {
-                    interceptor.on_receive(Arc::make_mut(&mut envelope));
-                }
-                let waiter = envelope
-                    .correlation_id
-                    .as_ref()
-                    .and_then(|id| routes.lock().expect("poisoned").remove(id));
-                match waiter {
-                    Some(tx) => {
-                        let _ = tx.send(envelope);
-                    }
-                    None => tracing::debug!(
-                        correlation_id = ?envelope.correlation_id,
-                        "dropping a reply nobody waits for (late, after a timeout)"
-                    ),
-                }
-            }
-        });
         Ok(Self {
             address: inbox.address,
-            pending,
+            waiters: Mutex::default(),
+            inbox: tokio::sync::Mutex::new(inbox.consumer),
+            interceptors: bus.interceptors.clone(),
         })
+    }
+
+    /// Registers a call; its reply will arrive on the returned receiver.
+    fn expect(&self, correlation_id: &str) -> oneshot::Receiver<Arc<Envelope>> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("poisoned")
+            .insert(correlation_id.to_owned(), tx);
+        rx
+    }
+
+    /// Gives up on a call (it failed or timed out); a late reply is then dropped.
+    fn forget(&self, correlation_id: &str) {
+        self.waiters
+            .lock()
+            .expect("poisoned")
+            .remove(correlation_id);
+    }
+
+    /// Waits for the reply `rx` announces, reading the inbox for everybody while no other call
+    /// does. `None`: the bus closed.
+    async fn reply(&self, rx: oneshot::Receiver<Arc<Envelope>>) -> Option<Arc<Envelope>> {
+        tokio::pin!(rx);
+        let mut inbox = tokio::select! {
+            biased;
+            reply = &mut rx => return reply.ok(),
+            inbox = self.inbox.lock() => inbox,
+        };
+        loop {
+            // Ours may have been read by the call that held the inbox before.
+            if let Ok(reply) = rx.try_recv() {
+                return Some(reply);
+            }
+            let delivery = inbox.next().await?;
+            let (mut envelope, settle) = delivery.into_parts();
+            let _ = settle.settle(Outcome::Ack).await;
+            for interceptor in self.interceptors.iter() {
+                interceptor.on_receive(Arc::make_mut(&mut envelope));
+            }
+            let waiter = envelope
+                .correlation_id
+                .as_ref()
+                .and_then(|id| self.waiters.lock().expect("poisoned").remove(id));
+            match waiter {
+                Some(tx) => {
+                    let _ = tx.send(envelope);
+                }
+                None => tracing::debug!(
+                    correlation_id = ?envelope.correlation_id,
+                    "dropping a reply nobody waits for (late, after a timeout)"
+                ),
+            }
+        }
     }
 }
 
@@ -130,45 +161,35 @@ impl<'a, Req: Event, Resp: Event> Call<'a, Req, Resp> {
         envelope.correlation_id = Some(correlation_id.clone());
         envelope.reply_to = Some(rpc.address.clone());
         envelope.ttl = Some(self.timeout);
-        let (tx, rx) = oneshot::channel();
-        rpc.pending
-            .lock()
-            .expect("poisoned")
-            .insert(correlation_id.clone(), tx);
-        let forget = || {
-            rpc.pending
-                .lock()
-                .expect("poisoned")
-                .remove(&correlation_id);
-        };
+        let rx = rpc.expect(&correlation_id);
         // The request's confirm and the reply are awaited together: a call costs one round trip
         // to the server, not a confirm round trip first. A reply that comes before the confirm
         // proves the request was delivered, so the confirm no longer matters.
         let options = PublishOptions { mandatory: true };
         let published = self.bus.publish(envelope, &options);
-        let replied = tokio::time::timeout(self.timeout, rx);
+        let replied = tokio::time::timeout(self.timeout, rpc.reply(rx));
         tokio::pin!(replied);
         let reply = tokio::select! {
             biased;
             sent = published => match sent {
                 Ok(()) => replied.await,
                 Err(e) => {
-                    forget();
+                    rpc.forget(&correlation_id);
                     return Err(e);
                 }
             },
             early = &mut replied => early,
         };
         let reply = match reply {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
                 return Err(Error::new(
                     ErrorKind::Closed,
                     "the bus closed while waiting for a reply",
                 ))
             }
             Err(_) => {
-                forget();
+                rpc.forget(&correlation_id);
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!("no reply to call {:?} within {:?}", self.name, self.timeout),

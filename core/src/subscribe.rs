@@ -510,13 +510,18 @@ impl<H: Handler> Worker<H> {
                     p = permits.clone().acquire_owned() => Some(p.expect("semaphore never closed")),
                 }
             };
+            // Stopping is checked with a plain load per message; the cancellation future is
+            // polled only while waiting, which keeps it off the per-message path.
+            if self.stop.is_cancelled() {
+                return false;
+            }
             let delivery = tokio::select! {
                 biased;
-                _ = &mut stop => return false,
                 d = consumer.next() => match d {
                     Some(d) => d,
                     None => return false,
                 },
+                _ = &mut stop => return false,
             };
             if !self.is_active() {
                 let _ = delivery.settle(Outcome::Requeue).await;

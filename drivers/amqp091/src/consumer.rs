@@ -26,7 +26,9 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, BasicProperties, Channel};
 use tidings_core::envelope::now_ms;
-use tidings_core::{async_trait, Consumer, Delivery, Error, ErrorKind, Outcome, Result, Settle};
+use tidings_core::{
+    async_trait, Completion, Consumer, Delivery, Error, ErrorKind, Outcome, Result, Settle,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -336,51 +338,53 @@ impl AmqpConsumer {
 
 #[async_trait]
 impl Consumer for AmqpConsumer {
-    async fn next(&mut self) -> Option<Delivery> {
-        loop {
-            let Some(current) = self.current.as_mut() else {
-                // Between connections: wait for the follower's next consumer (None: closed).
-                self.current = Some(self.starts.recv().await?);
-                continue;
-            };
-            let step = tokio::select! {
-                biased;
-                fresh = self.starts.recv() => Step::Fresh(fresh),
-                item = current.consumer.next() => Step::Item(item),
-            };
-            let item = match step {
-                Step::Fresh(fresh) => {
-                    self.current = Some(fresh?);
+    fn next(&mut self) -> Completion<'_, Option<Delivery>> {
+        Completion::later(async move {
+            loop {
+                let Some(current) = self.current.as_mut() else {
+                    // Between connections: wait for the follower's next consumer (None: closed).
+                    self.current = Some(self.starts.recv().await?);
                     continue;
-                }
-                Step::Item(item) => item,
-            };
-            let Some(current) = self.current.as_mut() else {
-                continue;
-            };
-            match item {
-                Some(Ok(delivery)) => {
-                    // From a channel that already died: the broker redelivers it; handling it
-                    // now would only make a duplicate whose settlement fails.
-                    if !self.state.spec.no_ack && delivery.acker.poisoned() {
+                };
+                let step = tokio::select! {
+                    biased;
+                    fresh = self.starts.recv() => Step::Fresh(fresh),
+                    item = current.consumer.next() => Step::Item(item),
+                };
+                let item = match step {
+                    Step::Fresh(fresh) => {
+                        self.current = Some(fresh?);
                         continue;
                     }
-                    let queue = current.queue.clone();
-                    return Some(self.delivery(&queue, delivery));
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, queue = %current.queue, "consumer ended");
-                    let id = current.id;
-                    self.current = None;
-                    self.state.ended.send_replace(id);
-                }
-                None => {
-                    let id = current.id;
-                    self.current = None;
-                    self.state.ended.send_replace(id);
+                    Step::Item(item) => item,
+                };
+                let Some(current) = self.current.as_mut() else {
+                    continue;
+                };
+                match item {
+                    Some(Ok(delivery)) => {
+                        // From a channel that already died: the broker redelivers it; handling it
+                        // now would only make a duplicate whose settlement fails.
+                        if !self.state.spec.no_ack && delivery.acker.poisoned() {
+                            continue;
+                        }
+                        let queue = current.queue.clone();
+                        return Some(self.delivery(&queue, delivery));
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, queue = %current.queue, "consumer ended");
+                        let id = current.id;
+                        self.current = None;
+                        self.state.ended.send_replace(id);
+                    }
+                    None => {
+                        let id = current.id;
+                        self.current = None;
+                        self.state.ended.send_replace(id);
+                    }
                 }
             }
-        }
+        })
     }
 
     async fn cancel(mut self: Box<Self>) -> Result<()> {
@@ -467,10 +471,9 @@ impl Drop for AmqpConsumer {
 /// Settles an inbox delivery: nothing to do, it was consumed without acks.
 struct NoSettle;
 
-#[async_trait]
 impl Settle for NoSettle {
-    async fn settle(self: Box<Self>, _outcome: Outcome) -> Result<()> {
-        Ok(())
+    fn settle(self: Box<Self>, _outcome: Outcome) -> Completion<'static, Result<()>> {
+        Completion::done(Ok(()))
     }
 }
 
@@ -531,35 +534,36 @@ fn lost_before_settle() -> Error {
     )
 }
 
-#[async_trait]
 impl Settle for AmqpSettle {
-    async fn settle(self: Box<Self>, outcome: Outcome) -> Result<()> {
-        if self
-            .shared
-            .aborted
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
-            return Err(closed());
-        }
-        if self.acker.poisoned() {
-            return Err(lost_before_settle());
-        }
-        match outcome {
-            Outcome::Ack => self.ack().await,
-            Outcome::Requeue => self.copy_back(0).await,
-            Outcome::Retry => self.copy_back(1).await,
-            Outcome::DeadLetter { reason } => {
-                let Some(dead) = self.dead.clone() else {
-                    return Err(Error::new(
-                        ErrorKind::Unsupported,
-                        "this subscription has no dead-letter queue",
-                    ));
-                };
-                let letter = self.envelope().into_dead_letter(&reason, &dead.from);
-                crate::provider::ensure_dead_queue(&self.shared, &dead.queue).await?;
-                publish(&self.shared, &Target::queue(&dead.queue)?, &letter, false).await?;
-                self.ack().await
+    fn settle(self: Box<Self>, outcome: Outcome) -> Completion<'static, Result<()>> {
+        Completion::later(async move {
+            if self
+                .shared
+                .aborted
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return Err(closed());
             }
-        }
+            if self.acker.poisoned() {
+                return Err(lost_before_settle());
+            }
+            match outcome {
+                Outcome::Ack => self.ack().await,
+                Outcome::Requeue => self.copy_back(0).await,
+                Outcome::Retry => self.copy_back(1).await,
+                Outcome::DeadLetter { reason } => {
+                    let Some(dead) = self.dead.clone() else {
+                        return Err(Error::new(
+                            ErrorKind::Unsupported,
+                            "this subscription has no dead-letter queue",
+                        ));
+                    };
+                    let letter = self.envelope().into_dead_letter(&reason, &dead.from);
+                    crate::provider::ensure_dead_queue(&self.shared, &dead.queue).await?;
+                    publish(&self.shared, &Target::queue(&dead.queue)?, &letter, false).await?;
+                    self.ack().await
+                }
+            }
+        })
     }
 }

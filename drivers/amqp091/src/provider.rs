@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tidings_core::provider::Status;
 use tidings_core::{
-    async_trait, Capabilities, Consumer, Envelope, ErrorKind, Inbox, Mode, Provider,
+    async_trait, Capabilities, Completion, Consumer, Envelope, ErrorKind, Inbox, Mode, Provider,
     PublishOptions, Result, SubscribeSpec,
 };
 use tokio::sync::watch;
@@ -84,10 +84,16 @@ impl Provider for AmqpProvider {
         Capabilities::default()
     }
 
-    async fn publish(&self, envelope: Envelope, options: &PublishOptions) -> Result<()> {
-        self.check_open()?;
-        let target = Target::topic(&self.shared.config.exchange, &envelope.routing_key)?;
-        publish(&self.shared, &target, &envelope, options.mandatory).await
+    fn publish<'a>(
+        &'a self,
+        envelope: Envelope,
+        options: &'a PublishOptions,
+    ) -> Completion<'a, Result<()>> {
+        Completion::later(async move {
+            self.check_open()?;
+            let target = Target::topic(&self.shared.config.exchange, &envelope.routing_key)?;
+            publish(&self.shared, &target, &envelope, options.mandatory).await
+        })
     }
 
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {

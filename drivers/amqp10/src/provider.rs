@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use tidings_core::{
-    Capabilities, Consumer, Envelope, Error, ErrorKind, Inbox, Mode, Provider, PublishOptions,
-    Result, Status, SubscribeSpec,
+    Capabilities, Completion, Consumer, Envelope, Error, ErrorKind, Inbox, Mode, Provider,
+    PublishOptions, Result, Status, SubscribeSpec,
 };
 use tokio::sync::watch;
 
@@ -91,22 +91,28 @@ impl Provider for Amqp10Provider {
         capabilities()
     }
 
-    async fn publish(&self, envelope: Envelope, options: &PublishOptions) -> Result<()> {
-        self.check_open()?;
-        if options.mandatory
-            && self.shared.dialect.is_routed(&envelope.routing_key).await? == Some(false)
-        {
-            return Err(Error::new(
-                ErrorKind::NoResponders,
-                format!(
-                    "no subscription is bound to routing key {:?}",
-                    envelope.routing_key
-                ),
-            ));
-        }
-        self.pool
-            .send(&self.topic_address, wire::encode(envelope, true))
-            .await
+    fn publish<'a>(
+        &'a self,
+        envelope: Envelope,
+        options: &'a PublishOptions,
+    ) -> Completion<'a, Result<()>> {
+        Completion::later(async move {
+            self.check_open()?;
+            if options.mandatory
+                && self.shared.dialect.is_routed(&envelope.routing_key).await? == Some(false)
+            {
+                return Err(Error::new(
+                    ErrorKind::NoResponders,
+                    format!(
+                        "no subscription is bound to routing key {:?}",
+                        envelope.routing_key
+                    ),
+                ));
+            }
+            self.pool
+                .send(&self.topic_address, wire::encode(envelope, true))
+                .await
+        })
     }
 
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {

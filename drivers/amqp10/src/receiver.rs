@@ -12,7 +12,9 @@ use fe2o3_amqp::link::{CreditMode, ReceiverAttachError, ReceiverDisposer, RecvEr
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::Receiver;
-use tidings_core::{Consumer, Delivery, Envelope, Error, ErrorKind, Outcome, Result, Settle};
+use tidings_core::{
+    Completion, Consumer, Delivery, Envelope, Error, ErrorKind, Outcome, Result, Settle,
+};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -83,8 +85,8 @@ impl AmqpConsumer {
 
 #[async_trait]
 impl Consumer for AmqpConsumer {
-    async fn next(&mut self) -> Option<Delivery> {
-        self.rx.recv().await
+    fn next(&mut self) -> Completion<'_, Option<Delivery>> {
+        Completion::later(async move { self.rx.recv().await })
     }
 
     async fn cancel(mut self: Box<Self>) -> Result<()> {
@@ -318,40 +320,41 @@ impl AmqpSettle {
     }
 }
 
-#[async_trait]
 impl Settle for AmqpSettle {
-    async fn settle(self: Box<Self>, outcome: Outcome) -> Result<()> {
-        let spec = &self.link.spec;
-        let (address, copy, durable) = match outcome {
-            Outcome::Ack => return self.accept().await,
-            Outcome::Requeue => (
-                &spec.queue_address,
-                Envelope::clone(&self.envelope),
-                spec.durable,
-            ),
-            Outcome::Retry => {
-                let mut copy = Envelope::clone(&self.envelope);
-                copy.attempt = copy.attempt.saturating_add(1);
-                (&spec.queue_address, copy, spec.durable)
+    fn settle(self: Box<Self>, outcome: Outcome) -> Completion<'static, Result<()>> {
+        Completion::later(async move {
+            let spec = &self.link.spec;
+            let (address, copy, durable) = match outcome {
+                Outcome::Ack => return self.accept().await,
+                Outcome::Requeue => (
+                    &spec.queue_address,
+                    Envelope::clone(&self.envelope),
+                    spec.durable,
+                ),
+                Outcome::Retry => {
+                    let mut copy = Envelope::clone(&self.envelope);
+                    copy.attempt = copy.attempt.saturating_add(1);
+                    (&spec.queue_address, copy, spec.durable)
+                }
+                Outcome::DeadLetter { reason } => (
+                    &spec.dead_letter_address,
+                    Envelope::clone(&self.envelope).into_dead_letter(&reason, &spec.from),
+                    true,
+                ),
+            };
+            // The copy first, confirmed; only then the original goes. A crash in between
+            // duplicates the message, never loses it.
+            if let Err(e) = self
+                .link
+                .pool
+                .send(address, wire::encode(copy, durable))
+                .await
+            {
+                let _ = self.link.disposer.release(self.info.clone()).await;
+                self.link.release_credit();
+                return Err(e);
             }
-            Outcome::DeadLetter { reason } => (
-                &spec.dead_letter_address,
-                Envelope::clone(&self.envelope).into_dead_letter(&reason, &spec.from),
-                true,
-            ),
-        };
-        // The copy first, confirmed; only then the original goes. A crash in between
-        // duplicates the message, never loses it.
-        if let Err(e) = self
-            .link
-            .pool
-            .send(address, wire::encode(copy, durable))
-            .await
-        {
-            let _ = self.link.disposer.release(self.info.clone()).await;
-            self.link.release_credit();
-            return Err(e);
-        }
-        self.accept().await
+            self.accept().await
+        })
     }
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use arc_swap::ArcSwap;
 use tidings_core::provider::Status;
 use tidings_core::{
-    async_trait, Capabilities, Consumer, Delivery, Envelope, Error, ErrorKind, Inbox, Mode,
-    Pattern, Provider, PublishOptions, Result, SubscribeSpec,
+    async_trait, Capabilities, Completion, Consumer, Delivery, Envelope, Error, ErrorKind, Inbox,
+    Mode, Pattern, Provider, PublishOptions, Result, SubscribeSpec,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -188,6 +188,21 @@ impl MemoryProvider {
         })
     }
 
+    /// Publishes synchronously: the in-process broker never waits.
+    fn route(&self, envelope: Envelope, options: &PublishOptions) -> Result<()> {
+        self.check_open()?;
+        let key = options.mandatory.then(|| envelope.routing_key.clone());
+        if !self.broker.route(Arc::new(envelope)) {
+            if let Some(key) = key {
+                return Err(Error::new(
+                    ErrorKind::NoResponders,
+                    format!("no subscription is bound to routing key {key:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn detach_all(&self, crashed: bool) {
         self.closed.store(true, Ordering::Release);
         let consumers =
@@ -209,22 +224,12 @@ impl Provider for MemoryProvider {
         Capabilities::default()
     }
 
-    async fn publish(&self, envelope: Envelope, options: &PublishOptions) -> Result<()> {
-        // A publish never waits here, so it takes part in tokio's cooperative scheduling as
-        // tokio's own channels do: a task publishing in a tight loop yields now and then, and
-        // the consumers it woke run in parallel instead of after it.
-        tokio::task::consume_budget().await;
-        self.check_open()?;
-        let key = options.mandatory.then(|| envelope.routing_key.clone());
-        if !self.broker.route(Arc::new(envelope)) {
-            if let Some(key) = key {
-                return Err(Error::new(
-                    ErrorKind::NoResponders,
-                    format!("no subscription is bound to routing key {key:?}"),
-                ));
-            }
-        }
-        Ok(())
+    fn publish<'a>(
+        &'a self,
+        envelope: Envelope,
+        options: &'a PublishOptions,
+    ) -> Completion<'a, Result<()>> {
+        Completion::ready(self.route(envelope, options))
     }
 
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {
@@ -313,6 +318,15 @@ struct MemoryConsumer {
 }
 
 impl MemoryConsumer {
+    fn delivery(&self, (tag, envelope): Handed) -> Delivery {
+        let settle = MemorySettle {
+            queue: self.queue.clone(),
+            tag,
+            dead_letters: self.dead_letters.clone(),
+        };
+        Delivery::new(envelope, Box::new(settle))
+    }
+
     fn detach(&mut self) {
         if !self.detached {
             self.detached = true;
@@ -325,14 +339,16 @@ impl MemoryConsumer {
 
 #[async_trait]
 impl Consumer for MemoryConsumer {
-    async fn next(&mut self) -> Option<Delivery> {
-        let (tag, envelope) = self.rx.recv().await?;
-        let settle = MemorySettle {
-            queue: self.queue.clone(),
-            tag,
-            dead_letters: self.dead_letters.clone(),
-        };
-        Some(Delivery::new(envelope, Box::new(settle)))
+    fn next(&mut self) -> Completion<'_, Option<Delivery>> {
+        // Under load the next message is already queued: hand it out without a future.
+        match self.rx.try_recv() {
+            Ok(handed) => Completion::ready(Some(self.delivery(handed))),
+            Err(mpsc::error::TryRecvError::Disconnected) => Completion::ready(None),
+            Err(mpsc::error::TryRecvError::Empty) => Completion::later(async move {
+                let handed = self.rx.recv().await?;
+                Some(self.delivery(handed))
+            }),
+        }
     }
 
     async fn cancel(mut self: Box<Self>) -> Result<()> {

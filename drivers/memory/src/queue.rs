@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
 use tidings_core::envelope::now_ms;
-use tidings_core::{async_trait, Envelope, Outcome, Result, Settle};
+use tidings_core::{Completion, Envelope, Outcome, Result, Settle};
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
@@ -240,10 +240,9 @@ pub(crate) struct MemorySettle {
     pub(crate) dead_letters: Arc<DeadLetterTarget>,
 }
 
-#[async_trait]
 impl Settle for MemorySettle {
-    async fn settle(self: Box<Self>, outcome: Outcome) -> Result<()> {
+    fn settle(self: Box<Self>, outcome: Outcome) -> Completion<'static, Result<()>> {
         self.queue.settle(self.tag, outcome, &self.dead_letters);
-        Ok(())
+        Completion::done(Ok(()))
     }
 }

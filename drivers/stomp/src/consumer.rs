@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tidings_core::envelope::now_ms;
-use tidings_core::{async_trait, Consumer, Delivery, Envelope, Outcome, Pattern, Result, Settle};
+use tidings_core::{
+    async_trait, Completion, Consumer, Delivery, Envelope, Outcome, Pattern, Result, Settle,
+};
 use tokio::sync::mpsc;
 
 use crate::dialect::GiveBack;
@@ -136,43 +138,45 @@ impl StompConsumer {
 
 #[async_trait]
 impl Consumer for StompConsumer {
-    async fn next(&mut self) -> Option<Delivery> {
-        loop {
-            if let Ok(envelope) = self.local.try_recv() {
-                return Some(self.delivery(envelope, None));
-            }
-            let incoming = tokio::select! {
-                biased;
-                Some(envelope) = self.local.recv() => {
+    fn next(&mut self) -> Completion<'_, Option<Delivery>> {
+        Completion::later(async move {
+            loop {
+                if let Ok(envelope) = self.local.try_recv() {
                     return Some(self.delivery(envelope, None));
                 }
-                incoming = self.wire.recv() => incoming?,
-            };
-            let envelope = wire::decode(incoming.headers, incoming.body);
-            let ack = if self.acks {
-                incoming.ack.map(|id| (incoming.generation, id))
-            } else {
-                None
-            };
-            let unwanted = self
-                .ctx
-                .filter
-                .as_ref()
-                .is_some_and(|p| !p.matches(&envelope.routing_key))
-                || (envelope.ttl.is_some() && envelope.is_expired_at(now_ms()));
-            if unwanted {
-                if let Some((generation, id)) = ack {
-                    self.ctx.ack(generation, id);
+                let incoming = tokio::select! {
+                    biased;
+                    Some(envelope) = self.local.recv() => {
+                        return Some(self.delivery(envelope, None));
+                    }
+                    incoming = self.wire.recv() => incoming?,
+                };
+                let envelope = wire::decode(incoming.headers, incoming.body);
+                let ack = if self.acks {
+                    incoming.ack.map(|id| (incoming.generation, id))
+                } else {
+                    None
+                };
+                let unwanted = self
+                    .ctx
+                    .filter
+                    .as_ref()
+                    .is_some_and(|p| !p.matches(&envelope.routing_key))
+                    || (envelope.ttl.is_some() && envelope.is_expired_at(now_ms()));
+                if unwanted {
+                    if let Some((generation, id)) = ack {
+                        self.ctx.ack(generation, id);
+                    }
+                    continue;
                 }
-                continue;
+                if let (Some(set), Some(key)) = (&self.ctx.outstanding, &ack) {
+                    set.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.clone());
+                }
+                return Some(self.delivery(envelope, ack));
             }
-            if let (Some(set), Some(key)) = (&self.ctx.outstanding, &ack) {
-                set.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key.clone());
-            }
-            return Some(self.delivery(envelope, ack));
-        }
+        })
     }
 
     async fn cancel(mut self: Box<Self>) -> Result<()> {
@@ -219,20 +223,19 @@ impl StompSettle {
     }
 }
 
-#[async_trait]
-impl Settle for StompSettle {
-    async fn settle(mut self: Box<Self>, outcome: Outcome) -> Result<()> {
+impl StompSettle {
+    /// Everything but an ack: the message goes somewhere first, then the original is acked.
+    async fn give_up(mut self: Box<Self>, outcome: Outcome) -> Result<()> {
         let ctx = self.ctx.clone();
-        if outcome == Outcome::Ack {
-            self.ack();
-            return Ok(());
-        }
         let Some(envelope) = self.envelope.take() else {
             return Ok(());
         };
         let envelope = Arc::unwrap_or_clone(envelope);
         match outcome {
-            Outcome::Ack => Ok(()),
+            Outcome::Ack => {
+                self.ack();
+                Ok(())
+            }
             Outcome::Requeue => self.give_back(&ctx.requeue, envelope).await,
             Outcome::Retry => {
                 let mut envelope = envelope;
@@ -246,5 +249,16 @@ impl Settle for StompSettle {
                 Ok(())
             }
         }
+    }
+}
+
+impl Settle for StompSettle {
+    fn settle(mut self: Box<Self>, outcome: Outcome) -> Completion<'static, Result<()>> {
+        if outcome == Outcome::Ack {
+            // An ack is queued on the connection, not waited for.
+            self.ack();
+            return Completion::done(Ok(()));
+        }
+        Completion::later(self.give_up(outcome))
     }
 }

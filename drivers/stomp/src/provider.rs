@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_stomp::AckMode;
 use tidings_core::provider::Status;
 use tidings_core::{
-    async_trait, Capabilities, Consumer, Envelope, Error, ErrorKind, Inbox, Mode, Pattern,
-    Provider, PublishOptions, Result, SubscribeSpec,
+    async_trait, Capabilities, Completion, Consumer, Envelope, Error, ErrorKind, Inbox, Mode,
+    Pattern, Provider, PublishOptions, Result, SubscribeSpec,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -142,12 +142,18 @@ impl Provider for StompProvider {
         self.dialect().capabilities()
     }
 
-    async fn publish(&self, envelope: Envelope, _options: &PublishOptions) -> Result<()> {
-        self.check_open()?;
-        let destination = self
-            .dialect()
-            .publish_destination(&self.outbox.namespace, &envelope.routing_key);
-        self.outbox.send(&destination, &envelope, true).await
+    fn publish<'a>(
+        &'a self,
+        envelope: Envelope,
+        _options: &'a PublishOptions,
+    ) -> Completion<'a, Result<()>> {
+        Completion::later(async move {
+            self.check_open()?;
+            let destination = self
+                .dialect()
+                .publish_destination(&self.outbox.namespace, &envelope.routing_key);
+            self.outbox.send(&destination, &envelope, true).await
+        })
     }
 
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {
