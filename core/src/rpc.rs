@@ -3,9 +3,9 @@
 //! A call publishes the request under the service name with a fresh correlation id and this
 //! bus's inbox address as `reply_to`. Servers form a group named after the service, so each
 //! request is handled once. The reply travels straight to the caller's inbox. All concurrent
-//! calls of a bus share one inbox; a reader task hands each reply to its waiting call by
-//! correlation id, and quietly drops replies nobody waits for any more (they came after a
-//! timeout).
+//! calls of a bus share one inbox; whichever call is waiting reads it and hands each reply to
+//! its call by correlation id (no task in between for a caller making one call at a time), and
+//! quietly drops replies nobody waits for any more (they came after a timeout).
 
 use std::collections::HashMap;
 use std::fmt;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tidings_core::{BrokerUrl, Error, ErrorKind, Result};
+use tidings_core::{BrokerUrl, Result};
 
 #[cfg(test)]
 use tidings_core::broker_url::{DEFAULT_EXCHANGE, DEFAULT_PUBLISH_TIMEOUT};
@@ -38,14 +38,9 @@ impl Config {
         // `exchange` and `publish_timeout_ms` are taken out by the shared parser; everything
         // else in the query (heartbeat, frame_max, ...) is lapin's and passed through.
         let url = BrokerUrl::parse(url, "amqp091", &["amqp", "amqps"])?;
-        let mut shown = url::Url::parse(url.secret_url())
-            .map_err(|e| Error::new(ErrorKind::InvalidUrl, e.to_string()))?;
-        if shown.password().is_some() {
-            let _ = shown.set_password(None);
-        }
         Ok(Self {
             lapin_uri: url.secret_url().to_owned(),
-            redacted: shown.to_string(),
+            redacted: url.redacted().to_owned(),
             exchange: url.exchange().to_owned(),
             publish_timeout: url.publish_timeout(),
         })
@@ -68,7 +63,7 @@ mod tests {
         assert!(c.lapin_uri.contains("heartbeat=10"));
         assert!(!c.lapin_uri.contains("exchange"));
         assert!(!c.redacted.contains("secret"));
-        assert!(c.redacted.contains("guest@localhost"));
+        assert!(c.redacted.contains("guest:***@localhost"));
     }
 
     #[test]
