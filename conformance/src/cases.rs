@@ -87,6 +87,7 @@ cases! {
     rpc_call_times_out, always, 30;
     rpc_late_reply_is_ignored, always, 30;
     rpc_concurrent_calls_share_one_inbox, always, 30;
+    rpc_calls_from_many_tasks_survive_one_timing_out, always, 30;
     rpc_call_without_server_fails_fast, mandatory, 30;
     cast_reaches_exactly_one_worker, always, 30;
     order_is_kept_from_one_publisher_to_one_consumer, always, 60;
@@ -710,6 +711,53 @@ async fn rpc_concurrent_calls_share_one_inbox(ctx: Arc<Ctx>) -> Outcome {
         let got = r.map_err(|e| format!("call {n}: {e}"))?;
         ensure!(got == n * n, "call {n} got {got}, another call's reply");
     }
+    Ok(())
+}
+
+/// Calls from separate tasks share the inbox too; the call reading it for the others may time
+/// out and leave, and the rest still get their own replies.
+async fn rpc_calls_from_many_tasks_survive_one_timing_out(ctx: Arc<Ctx>) -> Outcome {
+    let name = ctx.name("maybe-slow");
+    let server = ctx.bus().await?;
+    server
+        .serve(&name, |n: u64| async move {
+            if n == 0 {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+            }
+            Ok(n + 1000)
+        })
+        .concurrency(8)
+        .await?;
+    let client = ctx.bus().await?;
+    let slow = {
+        let (client, name) = (client.clone(), name.clone());
+        tokio::spawn(async move {
+            client
+                .call::<u64, u64>(&name, &0)
+                .timeout(Duration::from_millis(300))
+                .await
+        })
+    };
+    let fast: Vec<_> = (1..=40u64)
+        .map(|n| {
+            let (client, name) = (client.clone(), name.clone());
+            tokio::spawn(async move {
+                // Spread over the slow call's lifetime and beyond.
+                tokio::time::sleep(Duration::from_millis(n * 15)).await;
+                (n, client.call::<u64, u64>(&name, &n).timeout(SOON).await)
+            })
+        })
+        .collect();
+    for task in fast {
+        let (n, result) = task.await?;
+        let got = result.map_err(|e| format!("call {n}: {e}"))?;
+        ensure!(got == n + 1000, "call {n} got {got}, another call's reply");
+    }
+    let slow = slow.await?;
+    ensure!(
+        slow.as_ref().is_err_and(|e| e.kind() == ErrorKind::Timeout),
+        "the slow call should have timed out: {slow:?}"
+    );
     Ok(())
 }
 
