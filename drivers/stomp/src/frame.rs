@@ -6,20 +6,10 @@
 //! envelope's [`Bytes`] without an intermediate `Vec`. The serialization runs in the task that
 //! publishes, not in the connection task, and a SEND re-sent after a reconnect reuses the same
 //! bytes. The connection task only adds the `receipt` header, whose id it allocates.
-//!
-//! On the way in, MESSAGE frames — one per delivery — are split by the driver ([`RawMessage`])
-//! and every other frame is left to async-stomp. async-stomp's parser is private, and the only
-//! thing its codec hands out is an owned [`FromServer::Message`], built by copying every header
-//! twice (once unescaped into `headers`, once raw into `extra_headers`) and the body once: with
-//! the ~14 headers of a tidings message that was most of the client's decoding work. A
-//! [`RawMessage`] instead keeps the frame as it was read (a `Bytes` cut from the read buffer,
-//! no copy) and the envelope decoder unescapes only the headers it uses, straight into the
-//! envelope's strings.
 
-use anyhow::bail;
-use async_stomp::client::{ClientCodec, Heartbeat, DEFAULT_MAX_FRAME_SIZE};
+use async_stomp::client::{ClientCodec, Heartbeat};
 use async_stomp::{FromServer, Message, ToServer};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::{Decoder, Encoder};
 
 /// A frame serialized by the caller: `head` is the command line and headers (each ending in
@@ -156,159 +146,12 @@ impl Default for Codec {
     }
 }
 
-/// What the connection task reads.
-#[derive(Debug)]
-pub(crate) enum Inbound {
-    /// A MESSAGE frame, split by the driver.
-    Message(RawMessage),
-    /// Any other frame (CONNECTED, RECEIPT, ERROR), parsed by async-stomp.
-    Other(Message<FromServer>),
-}
-
-/// A MESSAGE frame as it was read: its header lines, still escaped, and its body. Both share
-/// the read buffer's memory.
-#[derive(Debug, Clone)]
-pub(crate) struct RawMessage {
-    /// The header lines (without the command line and the blank line), each ending in `\n`.
-    head: Bytes,
-    body: Bytes,
-}
-
-impl RawMessage {
-    /// The headers in frame order, name and value still escaped.
-    pub(crate) fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.head.split(|b| *b == b'\n').filter_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let colon = line.iter().position(|b| *b == b':')?;
-            Some((&line[..colon], &line[colon + 1..]))
-        })
-    }
-
-    /// The first value of the header `name` (which needs no escaping), unescaped.
-    pub(crate) fn header(&self, name: &[u8]) -> Option<String> {
-        self.headers()
-            .find(|(n, _)| *n == name)
-            .map(|(_, value)| unescape(value))
-    }
-
-    /// The body (empty when the frame has none).
-    pub(crate) fn body(&self) -> Bytes {
-        self.body.clone()
-    }
-}
-
-/// Undoes STOMP 1.2 header escaping. An undefined escape sequence is kept as it is, as
-/// async-stomp does; bytes that are not UTF-8 become U+FFFD (the envelope decoder then sees a
-/// malformed value, never a panic).
-pub(crate) fn unescape(raw: &[u8]) -> String {
-    if !raw.contains(&b'\\') {
-        return String::from_utf8_lossy(raw).into_owned();
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    let mut bytes = raw.iter();
-    while let Some(&byte) = bytes.next() {
-        if byte != b'\\' {
-            out.push(byte);
-            continue;
-        }
-        match bytes.clone().next() {
-            Some(b'r') => out.push(b'\r'),
-            Some(b'n') => out.push(b'\n'),
-            Some(b'c') => out.push(b':'),
-            Some(b'\\') => out.push(b'\\'),
-            Some(&other) => out.extend_from_slice(&[b'\\', other]),
-            None => {
-                out.push(b'\\');
-                continue;
-            }
-        }
-        bytes.next();
-    }
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-/// Splits one MESSAGE frame off the front of `src` (which starts at its command line): `None`
-/// while it is incomplete.
-fn split_message(src: &mut BytesMut, command_end: usize) -> anyhow::Result<Option<RawMessage>> {
-    let head_start = command_end + 1;
-    let mut at = head_start;
-    let mut length: Option<usize> = None;
-    // The header lines, up to the blank line.
-    let (head_end, body_start) = loop {
-        let Some(eol) = src[at..].iter().position(|b| *b == b'\n') else {
-            return Ok(None);
-        };
-        let line = &src[at..at + eol];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break (at, at + eol + 1);
-        }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            bail!(
-                "Parse failed: a MESSAGE header line without ':': {:?}",
-                String::from_utf8_lossy(line)
-            );
-        };
-        if length.is_none() && &line[..colon] == b"content-length" {
-            let value = std::str::from_utf8(&line[colon + 1..]).ok();
-            match value.and_then(|v| v.parse().ok()) {
-                Some(n) => length = Some(n),
-                None => bail!("Parse failed: a MESSAGE with a malformed content-length"),
-            }
-        }
-        at += eol + 1;
-    };
-    let body_end = match length {
-        Some(length) => {
-            let end = body_start.saturating_add(length);
-            if src.len() <= end {
-                return Ok(None);
-            }
-            if src[end] != 0 {
-                bail!("Parse failed: a MESSAGE body is not followed by NUL");
-            }
-            end
-        }
-        None => match src[body_start..].iter().position(|b| *b == 0) {
-            Some(nul) => body_start + nul,
-            None => return Ok(None),
-        },
-    };
-    let frame = src.split_to(body_end + 1).freeze();
-    Ok(Some(RawMessage {
-        head: frame.slice(head_start..head_end),
-        body: frame.slice(body_start..body_end),
-    }))
-}
-
 impl Decoder for Codec {
-    type Item = Inbound;
+    type Item = Message<FromServer>;
     type Error = anyhow::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
-        // Leading end-of-lines are heart-beats (or the optional EOL after a frame's NUL).
-        let beats = src
-            .iter()
-            .take_while(|b| matches!(b, b'\n' | b'\r'))
-            .count();
-        src.advance(beats);
-        let Some(command_end) = src.iter().position(|b| *b == b'\n') else {
-            if src.len() > DEFAULT_MAX_FRAME_SIZE {
-                bail!("Frame exceeds the maximum of {DEFAULT_MAX_FRAME_SIZE} bytes");
-            }
-            return Ok(None);
-        };
-        let command = &src[..command_end];
-        if command.strip_suffix(b"\r").unwrap_or(command) != b"MESSAGE" {
-            return Ok(self.inner.decode(src)?.map(Inbound::Other));
-        }
-        match split_message(src, command_end)? {
-            Some(message) => Ok(Some(Inbound::Message(message))),
-            None if src.len() > DEFAULT_MAX_FRAME_SIZE => {
-                bail!("Frame exceeds the maximum of {DEFAULT_MAX_FRAME_SIZE} bytes")
-            }
-            None => Ok(None),
-        }
+        self.inner.decode(src)
     }
 }
 
