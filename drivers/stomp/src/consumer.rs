@@ -102,6 +102,34 @@ impl StompConsumer {
         )
     }
 
+    /// The delivery of a MESSAGE, or `None` (acked here) when the consumer does not want it.
+    fn accept(&mut self, incoming: Incoming) -> Option<Delivery> {
+        let envelope = wire::decode(&incoming.message);
+        let ack = if self.acks {
+            incoming.ack.map(|id| (incoming.generation, id))
+        } else {
+            None
+        };
+        let unwanted = self
+            .ctx
+            .filter
+            .as_ref()
+            .is_some_and(|p| !p.matches(&envelope.routing_key))
+            || (envelope.ttl.is_some() && envelope.is_expired_at(now_ms()));
+        if unwanted {
+            if let Some((generation, id)) = ack {
+                self.ctx.ack(generation, id);
+            }
+            return None;
+        }
+        if let (Some(set), Some(key)) = (&self.ctx.outstanding, &ack) {
+            set.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.clone());
+        }
+        Some(self.delivery(envelope, ack))
+    }
+
     fn stop(&mut self) {
         if self.done {
             return;
@@ -139,11 +167,23 @@ impl StompConsumer {
 #[async_trait]
 impl Consumer for StompConsumer {
     fn next(&mut self) -> Completion<'_, Option<Delivery>> {
+        // Deliveries already received are handed out without a future (the broker's prefetch
+        // usually has some waiting); a completion holds its delivery, so none is lost.
+        loop {
+            if let Ok(envelope) = self.local.try_recv() {
+                return Completion::ready(Some(self.delivery(envelope, None)));
+            }
+            match self.wire.try_recv() {
+                Ok(incoming) => {
+                    if let Some(delivery) = self.accept(incoming) {
+                        return Completion::ready(Some(delivery));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
         Completion::later(async move {
             loop {
-                if let Ok(envelope) = self.local.try_recv() {
-                    return Some(self.delivery(envelope, None));
-                }
                 let incoming = tokio::select! {
                     biased;
                     Some(envelope) = self.local.recv() => {
@@ -151,30 +191,9 @@ impl Consumer for StompConsumer {
                     }
                     incoming = self.wire.recv() => incoming?,
                 };
-                let envelope = wire::decode(incoming.headers, incoming.body);
-                let ack = if self.acks {
-                    incoming.ack.map(|id| (incoming.generation, id))
-                } else {
-                    None
-                };
-                let unwanted = self
-                    .ctx
-                    .filter
-                    .as_ref()
-                    .is_some_and(|p| !p.matches(&envelope.routing_key))
-                    || (envelope.ttl.is_some() && envelope.is_expired_at(now_ms()));
-                if unwanted {
-                    if let Some((generation, id)) = ack {
-                        self.ctx.ack(generation, id);
-                    }
-                    continue;
+                if let Some(delivery) = self.accept(incoming) {
+                    return Some(delivery);
                 }
-                if let (Some(set), Some(key)) = (&self.ctx.outstanding, &ack) {
-                    set.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key.clone());
-                }
-                return Some(self.delivery(envelope, ack));
             }
         })
     }

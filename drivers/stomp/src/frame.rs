@@ -6,10 +6,21 @@
 //! envelope's [`Bytes`] without an intermediate `Vec`. The serialization runs in the task that
 //! publishes, not in the connection task, and a SEND re-sent after a reconnect reuses the same
 //! bytes. The connection task only adds the `receipt` header, whose id it allocates.
+//!
+//! On the way in, MESSAGE frames — one per delivery — are split by the driver ([`RawMessage`])
+//! and every other frame is left to async-stomp. async-stomp's parser is private, and the only
+//! thing its codec hands out is an owned [`FromServer::Message`], built by copying every header
+//! twice (once unescaped into `headers`, once raw into `extra_headers`) and the body once: with
+//! the ~14 headers of a tidings message that was most of the client's decoding work. A
+//! [`RawMessage`] instead keeps the frame as it was read (a `Bytes` cut from the read buffer,
+//! no copy) and the envelope decoder unescapes only the headers it uses, straight into the
+//! envelope's strings.
 
-use async_stomp::client::{ClientCodec, Heartbeat};
+use anyhow::bail;
+use async_stomp::client::{ClientCodec, Heartbeat, DEFAULT_MAX_FRAME_SIZE};
 use async_stomp::{FromServer, Message, ToServer};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use memchr::memchr;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// A frame serialized by the caller: `head` is the command line and headers (each ending in
@@ -79,6 +90,14 @@ impl FrameBuilder {
 
 /// STOMP 1.2 header escaping: `\r`, `\n`, `:` and `\` are the only octets that need it.
 fn escape_into(buffer: &mut BytesMut, text: &[u8]) {
+    if !text
+        .iter()
+        .any(|b| matches!(b, b'\r' | b'\n' | b':' | b'\\'))
+    {
+        // The usual case: nothing to escape.
+        buffer.put_slice(text);
+        return;
+    }
     let mut start = 0;
     for (i, byte) in text.iter().enumerate() {
         let escaped: &[u8] = match byte {
@@ -146,12 +165,181 @@ impl Default for Codec {
     }
 }
 
+/// What the connection task reads.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A MESSAGE frame, split by the driver.
+    Message(RawMessage),
+    /// Any other frame (CONNECTED, RECEIPT, ERROR), parsed by async-stomp.
+    Other(Message<FromServer>),
+}
+
+/// A MESSAGE frame as it was read: its header lines, still escaped, and its body. Both share
+/// the read buffer's memory.
+#[derive(Debug, Clone)]
+pub(crate) struct RawMessage {
+    /// The header lines (without the command line and the blank line), each ending in `\n`.
+    head: Bytes,
+    body: Bytes,
+}
+
+impl RawMessage {
+    /// The headers in frame order, name and value still escaped.
+    pub(crate) fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let mut rest = &self.head[..];
+        std::iter::from_fn(move || loop {
+            if rest.is_empty() {
+                return None;
+            }
+            let eol = memchr(b'\n', rest).unwrap_or(rest.len());
+            let line = &rest[..eol];
+            rest = &rest[(eol + 1).min(rest.len())..];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if let Some(colon) = find(b':', line) {
+                return Some((&line[..colon], &line[colon + 1..]));
+            }
+        })
+    }
+
+    /// The `subscription` and `ack` headers, unescaped, found in one pass.
+    pub(crate) fn subscription_and_ack(&self) -> (Option<String>, Option<String>) {
+        let (mut subscription, mut ack) = (None, None);
+        for (name, value) in self.headers() {
+            match name {
+                b"subscription" if subscription.is_none() => subscription = Some(unescape(value)),
+                b"ack" if ack.is_none() => ack = Some(unescape(value)),
+                _ => continue,
+            }
+            if subscription.is_some() && ack.is_some() {
+                break;
+            }
+        }
+        (subscription, ack)
+    }
+
+    /// The body (empty when the frame has none).
+    pub(crate) fn body(&self) -> Bytes {
+        self.body.clone()
+    }
+}
+
+/// The index of the first `byte` in `text`, for short texts (header names), where a plain loop
+/// beats `memchr`'s setup.
+fn find(byte: u8, text: &[u8]) -> Option<usize> {
+    text.iter().position(|b| *b == byte)
+}
+
+/// Undoes STOMP 1.2 header escaping. An undefined escape sequence is kept as it is, as
+/// async-stomp does; bytes that are not UTF-8 become U+FFFD (the envelope decoder then sees a
+/// malformed value, never a panic).
+pub(crate) fn unescape(raw: &[u8]) -> String {
+    if !raw.contains(&b'\\') {
+        return match std::str::from_utf8(raw) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(raw).into_owned(),
+        };
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.iter();
+    while let Some(&byte) = bytes.next() {
+        if byte != b'\\' {
+            out.push(byte);
+            continue;
+        }
+        match bytes.clone().next() {
+            Some(b'r') => out.push(b'\r'),
+            Some(b'n') => out.push(b'\n'),
+            Some(b'c') => out.push(b':'),
+            Some(b'\\') => out.push(b'\\'),
+            Some(&other) => out.extend_from_slice(&[b'\\', other]),
+            None => {
+                out.push(b'\\');
+                continue;
+            }
+        }
+        bytes.next();
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Splits one MESSAGE frame off the front of `src` (which starts at its command line): `None`
+/// while it is incomplete.
+fn split_message(src: &mut BytesMut, command_end: usize) -> anyhow::Result<Option<RawMessage>> {
+    let head_start = command_end + 1;
+    let mut at = head_start;
+    let mut length: Option<usize> = None;
+    // The header lines, up to the blank line.
+    let (head_end, body_start) = loop {
+        let Some(eol) = memchr(b'\n', &src[at..]) else {
+            return Ok(None);
+        };
+        let line = &src[at..at + eol];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            break (at, at + eol + 1);
+        }
+        // Lines are only looked into for the body length here; `headers` skips any without
+        // a colon.
+        if let (None, Some(value)) = (length, line.strip_prefix(b"content-length:")) {
+            let value = std::str::from_utf8(value).ok();
+            match value.and_then(|v| v.parse().ok()) {
+                Some(n) => length = Some(n),
+                None => bail!("Parse failed: a MESSAGE with a malformed content-length"),
+            }
+        }
+        at += eol + 1;
+    };
+    let body_end = match length {
+        Some(length) => {
+            let end = body_start.saturating_add(length);
+            if src.len() <= end {
+                return Ok(None);
+            }
+            if src[end] != 0 {
+                bail!("Parse failed: a MESSAGE body is not followed by NUL");
+            }
+            end
+        }
+        None => match memchr(0, &src[body_start..]) {
+            Some(nul) => body_start + nul,
+            None => return Ok(None),
+        },
+    };
+    let frame = src.split_to(body_end + 1).freeze();
+    Ok(Some(RawMessage {
+        head: frame.slice(head_start..head_end),
+        body: frame.slice(body_start..body_end),
+    }))
+}
+
 impl Decoder for Codec {
-    type Item = Message<FromServer>;
+    type Item = Inbound;
     type Error = anyhow::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
-        self.inner.decode(src)
+        // Leading end-of-lines are heart-beats (or the optional EOL after a frame's NUL).
+        let beats = src
+            .iter()
+            .take_while(|b| matches!(b, b'\n' | b'\r'))
+            .count();
+        src.advance(beats);
+        let Some(command_end) = memchr(b'\n', src) else {
+            if src.len() > DEFAULT_MAX_FRAME_SIZE {
+                bail!("Frame exceeds the maximum of {DEFAULT_MAX_FRAME_SIZE} bytes");
+            }
+            return Ok(None);
+        };
+        let command = &src[..command_end];
+        if command.strip_suffix(b"\r").unwrap_or(command) != b"MESSAGE" {
+            return Ok(self.inner.decode(src)?.map(Inbound::Other));
+        }
+        match split_message(src, command_end)? {
+            Some(message) => Ok(Some(Inbound::Message(message))),
+            None if src.len() > DEFAULT_MAX_FRAME_SIZE => {
+                bail!("Frame exceeds the maximum of {DEFAULT_MAX_FRAME_SIZE} bytes")
+            }
+            None => Ok(None),
+        }
     }
 }
 
@@ -204,6 +392,71 @@ mod tests {
             b"SEND\ndestination:/queue/a\nh-x\\cy:1\\n2\\\\3\\r\ncontent-length:3\nreceipt:r1\n\na\0b\0"
         );
         assert_eq!(encoded(settle("ACK", "m:1"), None), b"ACK\nid:m\\c1\n\n\0");
+    }
+
+    fn read(codec: &mut Codec, buffer: &mut BytesMut) -> Option<Inbound> {
+        codec.decode(buffer).unwrap()
+    }
+
+    #[test]
+    fn messages_are_split_whole_and_only_when_complete() {
+        let frames: &[u8] =
+            b"\n\nMESSAGE\r\nsubscription:s\\c1\r\nack:a\r\ncontent-length:3\r\n\r\nx\0y\0\n\
+            MESSAGE\nsubscription:s2\nh-k:v\n\nplain\0RECEIPT\nreceipt-id:r7\n\n\0";
+        let mut codec = Codec::default();
+        let mut buffer = BytesMut::new();
+        let mut got = Vec::new();
+        // Byte by byte: every prefix is incomplete until its frame's NUL arrives.
+        for byte in frames {
+            buffer.put_u8(*byte);
+            while let Some(frame) = read(&mut codec, &mut buffer) {
+                got.push(frame);
+            }
+        }
+        assert_eq!(got.len(), 3);
+        let Inbound::Message(first) = &got[0] else {
+            panic!("{:?}", got[0])
+        };
+        assert_eq!(
+            first.subscription_and_ack(),
+            (Some("s:1".to_owned()), Some("a".to_owned()))
+        );
+        assert_eq!(&first.body()[..], b"x\0y");
+        let Inbound::Message(second) = &got[1] else {
+            panic!("{:?}", got[1])
+        };
+        let headers: Vec<_> = second.headers().collect();
+        assert_eq!(
+            headers,
+            [(&b"subscription"[..], &b"s2"[..]), (b"h-k", b"v")]
+        );
+        assert_eq!(second.subscription_and_ack(), (Some("s2".to_owned()), None));
+        assert_eq!(&second.body()[..], b"plain");
+        assert!(matches!(
+            &got[2],
+            Inbound::Other(Message {
+                content: FromServer::Receipt { receipt_id },
+                ..
+            }) if receipt_id == "r7"
+        ));
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn broken_messages_are_errors() {
+        for bad in [
+            &b"MESSAGE\ncontent-length:x\n\n\0"[..],
+            b"MESSAGE\ncontent-length:1\n\nab\0",
+        ] {
+            assert!(Codec::default().decode(&mut BytesMut::from(bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn unescaping() {
+        assert_eq!(unescape(b"a\\c\\n\\r\\\\b"), "a:\n\r\\b");
+        assert_eq!(unescape(b"C\\temp\\"), "C\\temp\\");
+        assert_eq!(unescape(b"\xff"), "\u{fffd}");
     }
 
     #[test]

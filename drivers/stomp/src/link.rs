@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::config::Config;
-use crate::frame::{Codec, Outgoing};
+use crate::frame::{Codec, Inbound, Outgoing, RawMessage};
 
 /// Why a frame that asked for a receipt did not get one.
 #[derive(Debug, Clone)]
@@ -45,8 +45,7 @@ pub(crate) struct Incoming {
     pub(crate) generation: u64,
     /// The value to ACK/NACK it with (absent in `auto` mode).
     pub(crate) ack: Option<String>,
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: Option<Vec<u8>>,
+    pub(crate) message: RawMessage,
 }
 
 /// A subscription the link keeps alive across reconnects.
@@ -355,6 +354,15 @@ async fn handshake(config: &Config) -> Result<(Session, Option<String>)> {
             .await
             .ok_or_else(|| connection_error(config, "the broker closed the connection"))?
             .map_err(|e| connection_error(config, &format!("unreadable reply: {e}")))?;
+        let reply = match reply {
+            Inbound::Other(reply) => reply,
+            Inbound::Message(_) => {
+                return Err(connection_error(
+                    config,
+                    "expected CONNECTED, got a MESSAGE",
+                ))
+            }
+        };
         match reply.content {
             FromServer::Connected {
                 version,
@@ -588,37 +596,33 @@ async fn run_session(
             let message = match next {
                 None => return Ended::Lost("the broker closed the connection".into()),
                 Some(Err(e)) => return Ended::Lost(format!("unreadable frame: {e}")),
-                Some(Ok(m)) => m,
-            };
-            match message.content {
-                FromServer::Message {
-                    subscription,
-                    ack,
-                    headers,
-                    body,
-                    ..
-                } => {
+                Some(Ok(Inbound::Message(message))) => {
+                    let (subscription, ack) = message.subscription_and_ack();
+                    let subscription = subscription.unwrap_or_default();
                     let orphan = {
                         let subs = lock(subs);
                         match subs.get(&subscription) {
                             Some(entry) => {
                                 let _ = entry.deliver.send(Incoming {
                                     generation: gen,
-                                    ack: ack.clone(),
-                                    headers,
-                                    body,
+                                    ack,
+                                    message,
                                 });
-                                false
+                                None
                             }
-                            None => true,
+                            None => ack,
                         }
                     };
-                    if orphan && settings.nack_orphans {
-                        if let Some(id) = ack {
-                            let _ = orphans_tx.send(id);
-                        }
+                    if let Some(id) = orphan.filter(|_| settings.nack_orphans) {
+                        let _ = orphans_tx.send(id);
                     }
+                    continue;
                 }
+                Some(Ok(Inbound::Other(m))) => m,
+            };
+            match message.content {
+                // Never: the codec splits MESSAGE frames itself (above).
+                FromServer::Message { .. } => {}
                 FromServer::Receipt { receipt_id } => {
                     if let Some(waiter) = lock(receipts).remove(&receipt_id) {
                         if let Some(tx) = waiter.tx {

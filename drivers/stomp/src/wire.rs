@@ -9,13 +9,13 @@
 //! Decoding never fails: a missing or malformed field becomes an empty or default value, and
 //! the core then dead-letters the message as undecodable instead of the driver panicking.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tidings_core::Envelope;
 
-use crate::frame::FrameBuilder;
+use crate::frame::{unescape, FrameBuilder, RawMessage};
 
 const ID: &str = "tidings-id";
 const KEY: &str = "tidings-key";
@@ -78,15 +78,15 @@ pub(crate) fn encode(envelope: &Envelope, frame: &mut FrameBuilder) {
 }
 
 /// The envelope carried by a MESSAGE's headers and body. The first of repeated headers wins,
-/// as STOMP 1.2 says.
-pub(crate) fn decode(headers: Vec<(String, String)>, body: Option<Vec<u8>>) -> Envelope {
+/// as STOMP 1.2 says. Only the headers the envelope uses are unescaped (and copied).
+pub(crate) fn decode(message: &RawMessage) -> Envelope {
     let mut envelope = Envelope {
         id: String::new(),
         routing_key: String::new(),
         event: Default::default(),
         headers: BTreeMap::new(),
         content_type: Default::default(),
-        body: body.map(Bytes::from).unwrap_or_default(),
+        body: message.body(),
         timestamp_ms: 0,
         ttl: None,
         correlation_id: None,
@@ -96,35 +96,40 @@ pub(crate) fn decode(headers: Vec<(String, String)>, body: Option<Vec<u8>>) -> E
     };
     let mut seen: u16 = 0;
     let mut redelivered = false;
-    for (name, value) in headers {
-        if let Some(user) = name.strip_prefix(USER_PREFIX) {
-            if !envelope.headers.contains_key(user) {
-                envelope.headers.insert(user.to_owned(), value);
+    for (name, value) in message.headers() {
+        if let Some(user) = name.strip_prefix(USER_PREFIX.as_bytes()) {
+            if let Entry::Vacant(slot) = envelope.headers.entry(unescape(user)) {
+                slot.insert(unescape(value));
             }
             continue;
         }
-        if name == "redelivered" {
-            redelivered |= value == "true";
+        if name == b"redelivered" {
+            redelivered |= value == b"true";
             continue;
         }
-        let Some(field) = FIELDS.iter().position(|f| *f == name) else {
+        // The broker's own headers are skipped after one comparison.
+        if !name.starts_with(b"tidings-") {
+            continue;
+        }
+        let Some(field) = FIELDS.iter().position(|f| f.as_bytes() == name) else {
             continue;
         };
         if seen & (1 << field) != 0 {
             continue;
         }
         seen |= 1 << field;
+        let text = unescape(value);
         match FIELDS[field] {
-            ID => envelope.id = value,
-            KEY => envelope.routing_key = value,
-            EVENT => envelope.event = value.into(),
-            CONTENT_TYPE => envelope.content_type = value.into(),
-            TIMESTAMP => envelope.timestamp_ms = value.parse().unwrap_or(0),
-            TTL => envelope.ttl = value.parse().ok().map(Duration::from_millis),
-            CORRELATION => envelope.correlation_id = Some(value),
-            REPLY_TO => envelope.reply_to = Some(value),
-            EMITTER => envelope.emitter = value,
-            ATTEMPT => envelope.attempt = value.parse().unwrap_or(1).max(1),
+            ID => envelope.id = text,
+            KEY => envelope.routing_key = text,
+            EVENT => envelope.event = text.into(),
+            CONTENT_TYPE => envelope.content_type = text.into(),
+            TIMESTAMP => envelope.timestamp_ms = text.parse().unwrap_or(0),
+            TTL => envelope.ttl = text.parse().ok().map(Duration::from_millis),
+            CORRELATION => envelope.correlation_id = Some(text),
+            REPLY_TO => envelope.reply_to = Some(text),
+            EMITTER => envelope.emitter = text,
+            ATTEMPT => envelope.attempt = text.parse().unwrap_or(1).max(1),
             _ => {}
         }
     }
@@ -140,6 +145,31 @@ pub(crate) fn decode(headers: Vec<(String, String)>, body: Option<Vec<u8>>) -> E
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::{Codec, Inbound};
+    use bytes::{Bytes, BytesMut};
+    use tokio_util::codec::Decoder;
+
+    /// `frame` read back as the broker would deliver it: a MESSAGE with `headers` (raw lines)
+    /// in front.
+    fn delivered(head: &str, body: &[u8]) -> RawMessage {
+        let mut bytes = BytesMut::from(format!("\nMESSAGE\nsubscription:s\n{head}\n").as_bytes());
+        bytes.extend_from_slice(body);
+        bytes.extend_from_slice(b"\0\n");
+        match Codec::default().decode(&mut bytes).unwrap() {
+            Some(Inbound::Message(message)) => message,
+            other => panic!("not a MESSAGE: {other:?}"),
+        }
+    }
+
+    /// What the broker hands back for the headers `encode` writes (still escaped).
+    fn round_trip(e: &Envelope) -> Envelope {
+        let mut frame = FrameBuilder::new("SEND", 64);
+        encode(e, &mut frame);
+        frame.number("content-length", e.body.len() as u64);
+        let text = frame.head_text();
+        let head = text.split_once('\n').unwrap().1;
+        decode(&delivered(head, &e.body))
+    }
 
     #[test]
     fn every_field_round_trips() {
@@ -148,48 +178,33 @@ mod tests {
         e.headers
             .insert("tidings-dead-reason".into(), "x:\n\\\r".into());
         e.headers.insert("user".into(), String::new());
+        e.headers.insert("odd:name\\".into(), "\\c".into());
         e.ttl = Some(Duration::from_millis(1234));
         e.correlation_id = Some("c".into());
         e.reply_to = Some("/amq/queue/x".into());
         e.emitter = "h.t.1".into();
         e.attempt = 3;
-        let back = decode(headers_of(&e), Some(e.body.to_vec()));
-        assert_eq!(back, e);
+        assert_eq!(round_trip(&e), e);
         e.attempt = 1;
-        let back = decode(headers_of(&e), Some(e.body.to_vec()));
-        assert_eq!(back, e);
-    }
-
-    /// What the broker hands back for the headers `encode` writes (unescaped).
-    fn headers_of(e: &Envelope) -> Vec<(String, String)> {
-        let mut frame = FrameBuilder::new("SEND", 64);
-        encode(e, &mut frame);
-        let text = frame.head_text();
-        let unescape = |s: &str| {
-            s.replace("\\\\", "\u{0}")
-                .replace("\\c", ":")
-                .replace("\\n", "\n")
-                .replace("\\r", "\r")
-                .replace('\u{0}', "\\")
-        };
-        text.lines()
-            .skip(1)
-            .map(|line| {
-                let (k, v) = line.split_once(':').unwrap();
-                (unescape(k), unescape(v))
-            })
-            .collect()
+        assert_eq!(round_trip(&e), e);
     }
 
     #[test]
     fn garbage_decodes_without_panic() {
-        let h = vec![
-            ("tidings-attempt".to_owned(), "x".to_owned()),
-            ("tidings-ts".to_owned(), "-1".to_owned()),
-            ("tidings-attempt".to_owned(), "7".to_owned()),
-        ];
-        let e = decode(h, None);
+        let m = delivered(
+            "tidings-attempt:x\ntidings-ts:-1\ntidings-attempt:7\ntidings-key:\\q\\\n",
+            b"",
+        );
+        let e = decode(&m);
         assert_eq!(e.attempt, 1);
         assert_eq!(e.timestamp_ms, 0);
+        assert_eq!(e.routing_key, "\\q\\");
+    }
+
+    #[test]
+    fn redelivered_counts_as_an_attempt() {
+        let e = decode(&delivered("redelivered:true\ntidings-attempt:2\r\n", b"x"));
+        assert_eq!(e.attempt, 3);
+        assert_eq!(&e.body[..], b"x");
     }
 }
