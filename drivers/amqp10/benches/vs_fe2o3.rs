@@ -9,7 +9,8 @@
 //!
 //! Run: `cargo bench -p tidings-amqp10 --bench vs_fe2o3` (broker: `TIDINGS_AMQP10_URL`).
 //! `TIDINGS_BENCH_SIDE=plain|tidings` runs one side only (for `perf`); `TIDINGS_BENCH_ROUNDS`
-//! sets how many alternating rounds run (default 2; the best of each side is reported).
+//! sets how many alternating rounds run (default 2; the best of each side is reported);
+//! `TIDINGS_BENCH_CALLS` how many RPC calls (default 2000; 0 leaves the throughput phase alone).
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,14 @@ use tidings_core::Bus;
 
 const MESSAGES: u32 = 20_000;
 const WINDOW: usize = 500;
-const CALLS: usize = 2_000;
+/// RPC calls per side; `TIDINGS_BENCH_CALLS` overrides it (0 profiles the throughput phase
+/// alone).
+fn calls() -> usize {
+    std::env::var("TIDINGS_BENCH_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(2_000)
+}
 
 fn base_url() -> String {
     std::env::var("TIDINGS_AMQP10_URL")
@@ -39,6 +47,9 @@ fn management() -> Management {
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
@@ -109,8 +120,8 @@ async fn tidings_side(exchange: &str) -> Result {
         })
         .await
         .expect("serve");
-    let mut latencies = Vec::with_capacity(CALLS);
-    for _ in 0..CALLS {
+    let mut latencies = Vec::with_capacity(calls());
+    for _ in 0..calls() {
         let t = Instant::now();
         let sum: u64 = publisher.call(&name, &vec![2u8, 40]).await.expect("call");
         assert_eq!(sum, 42);
@@ -267,7 +278,7 @@ async fn plain_side(exchange: &str) -> Result {
     .await
     .expect("replier");
     let server = tokio::spawn(async move {
-        for _ in 0..CALLS {
+        for _ in 0..calls() {
             top_up(&mut requests, 32).await;
             let d = requests.recv::<Body<Value>>().await.expect("request");
             let correlation = d
@@ -292,8 +303,8 @@ async fn plain_side(exchange: &str) -> Result {
         .attach(&mut ps)
         .await
         .expect("inbox");
-    let mut latencies = Vec::with_capacity(CALLS);
-    for i in 0..CALLS {
+    let mut latencies = Vec::with_capacity(calls());
+    for i in 0..calls() {
         let t = Instant::now();
         let mut m = message(
             "rpc",
@@ -388,7 +399,7 @@ fn main() {
             t.cpu_per_message.as_secs_f64() * 1e6,
             p.cpu_per_message.as_secs_f64() / t.cpu_per_message.as_secs_f64()
         );
-        println!("| RPC p50 ({CALLS} sequential calls) | {:?} | {:?} | {:.2} |", p.p50, t.p50, p.p50.as_secs_f64() / t.p50.as_secs_f64());
+        println!("| RPC p50 ({} sequential calls) | {:?} | {:?} | {:.2} |", calls(), p.p50, t.p50, p.p50.as_secs_f64() / t.p50.as_secs_f64());
         println!("| RPC p99 | {:?} | {:?} | {:.2} |", p.p99, t.p99, p.p99.as_secs_f64() / t.p99.as_secs_f64());
     });
 }

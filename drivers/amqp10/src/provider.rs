@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::connection::Shared;
 use crate::dialect::{self, QueueSpec};
 use crate::receiver::{AmqpConsumer, ReceiverSpec};
-use crate::sender::SenderPool;
+use crate::sender::{SenderLink, SenderPool};
 use crate::wire;
 
 /// Link credit of the reply inbox: replies are small and need no flow control of their own.
@@ -26,8 +26,9 @@ const DEAD_LETTER_CREDIT: u32 = 64;
 pub struct Amqp10Provider {
     shared: Arc<Shared>,
     pool: Arc<SenderPool>,
-    /// Where publishes go, computed once rather than per message.
-    topic_address: String,
+    /// The link every publish goes through (to the topic space), kept here rather than looked
+    /// up per message.
+    topic: Arc<SenderLink>,
 }
 
 impl fmt::Debug for Amqp10Provider {
@@ -50,11 +51,11 @@ impl Amqp10Provider {
             return Err(e);
         }
         let pool = Arc::new(SenderPool::new(shared.clone()));
-        let topic_address = shared.dialect.topic_address();
+        let topic = pool.link(&shared.dialect.topic_address());
         Ok(Self {
             shared,
             pool,
-            topic_address,
+            topic,
         })
     }
 
@@ -96,11 +97,16 @@ impl Provider for Amqp10Provider {
         envelope: Envelope,
         options: &'a PublishOptions,
     ) -> Completion<'a, Result<()>> {
+        if let Err(e) = self.check_open() {
+            return Completion::ready(Err(e));
+        }
+        if !options.mandatory {
+            // The send itself is the boxed future: no wrapper around it, which would be
+            // allocated and moved per message too.
+            return Completion::later(self.topic.send(wire::encode(envelope, true)));
+        }
         Completion::later(async move {
-            self.check_open()?;
-            if options.mandatory
-                && self.shared.dialect.is_routed(&envelope.routing_key).await? == Some(false)
-            {
+            if self.shared.dialect.is_routed(&envelope.routing_key).await? == Some(false) {
                 return Err(Error::new(
                     ErrorKind::NoResponders,
                     format!(
@@ -109,9 +115,7 @@ impl Provider for Amqp10Provider {
                     ),
                 ));
             }
-            self.pool
-                .send(&self.topic_address, wire::encode(envelope, true))
-                .await
+            self.topic.send(wire::encode(envelope, true)).await
         })
     }
 

@@ -86,7 +86,14 @@ impl AmqpConsumer {
 #[async_trait]
 impl Consumer for AmqpConsumer {
     fn next(&mut self) -> Completion<'_, Option<Delivery>> {
-        Completion::later(async move { self.rx.recv().await })
+        // A delivery already waiting is handed out without boxing a future.
+        match self.rx.try_recv() {
+            Ok(delivery) => Completion::ready(Some(delivery)),
+            Err(mpsc::error::TryRecvError::Disconnected) => Completion::ready(None),
+            Err(mpsc::error::TryRecvError::Empty) => {
+                Completion::later(async move { self.rx.recv().await })
+            }
+        }
     }
 
     async fn cancel(mut self: Box<Self>) -> Result<()> {
@@ -208,11 +215,21 @@ async fn run(
                     break;
                 }
             }
+            // Plain loads per message; the three futures are polled only while the link has
+            // nothing to hand out (biased: a ready delivery never polls them).
+            if live.lost.is_cancelled() {
+                break;
+            }
+            if stop.is_cancelled() || tx.is_closed() {
+                close = true;
+                break;
+            }
             let received = tokio::select! {
+                biased;
+                r = receiver.recv::<Body<Value>>() => r,
                 _ = &mut lost => break,
                 _ = &mut stopped => { close = true; break }
                 _ = &mut gone => { close = true; break }
-                r = receiver.recv::<Body<Value>>() => r,
             };
             match received {
                 Ok(delivery) => {
@@ -322,6 +339,11 @@ impl AmqpSettle {
 
 impl Settle for AmqpSettle {
     fn settle(self: Box<Self>, outcome: Outcome) -> Completion<'static, Result<()>> {
+        if outcome == Outcome::Ack {
+            // The common case, boxed on its own: the future below holds a whole send, several
+            // kilobytes that every ack would otherwise allocate and move.
+            return Completion::later(self.accept());
+        }
         Completion::later(async move {
             let spec = &self.link.spec;
             let (address, copy, durable) = match outcome {

@@ -101,14 +101,24 @@ impl SenderLink {
         loop {
             let (live, confirmation) = {
                 let mut state = self.state.lock().await;
-                let attached = match self.attached(&mut state, failed_generation).await? {
-                    Some(attached) => attached,
-                    None => continue,
+                let usable = state.as_ref().is_some_and(|a| {
+                    !a.live.lost.is_cancelled() && a.live.generation > failed_generation
+                });
+                // Attaching is rare and its future is large: boxed, so that it does not make
+                // every publish's future (allocated and moved per message) that much bigger.
+                if !usable && !Box::pin(self.attach(&mut state, failed_generation)).await? {
+                    continue;
+                }
+                let Some(attached) = state.as_mut() else {
+                    continue;
                 };
                 let live = attached.live.clone();
                 // Waiting for link credit can outlive the session, which does not always
                 // fail the wait: give up on it once the session is gone.
+                // Biased: the send is almost always ready at once, and then the session's
+                // token is never polled (polling it registers a waiter).
                 let sent = tokio::select! {
+                    biased;
                     sent = attached.sender.send_batchable_ref(sendable) => Some(sent),
                     _ = live.lost.cancelled() => None,
                 };
@@ -117,7 +127,7 @@ impl SenderLink {
                     Some(Err(e)) => {
                         *state = None;
                         drop(state);
-                        failed_generation = self.failed(&live, classify_send(&e)).await;
+                        failed_generation = Box::pin(self.failed(&live, classify_send(&e))).await;
                         continue;
                     }
                     None => {
@@ -128,6 +138,7 @@ impl SenderLink {
                 }
             };
             let outcome = tokio::select! {
+                biased;
                 outcome = confirmation => outcome,
                 // Sent but unconfirmed when the session went: send it again on the next one.
                 _ = live.lost.cancelled() => {
@@ -148,64 +159,53 @@ impl SenderLink {
                             *state = None;
                         }
                     }
-                    failed_generation = self.failed(&live, failure).await;
+                    failed_generation = Box::pin(self.failed(&live, failure)).await;
                 }
             }
         }
     }
 
-    /// The attached link, attaching it first if needed. `Ok(None)`: try again (the attach hit
-    /// a lost session).
-    async fn attached<'a>(
-        &self,
-        state: &'a mut Option<Attached>,
-        failed_generation: u64,
-    ) -> Result<Option<&'a mut Attached>> {
-        if state
-            .as_ref()
-            .is_some_and(|a| a.live.lost.is_cancelled() || a.live.generation <= failed_generation)
-        {
-            *state = None;
-        }
-        if state.is_none() {
-            let closed = || {
+    /// Attaches the link on a session newer than `failed_generation`, replacing a stale one.
+    /// `Ok(false)`: try again (the attach hit a lost session).
+    async fn attach(&self, state: &mut Option<Attached>, failed_generation: u64) -> Result<bool> {
+        *state = None;
+        let live = self
+            .shared
+            .wait_live(failed_generation)
+            .await
+            .ok_or_else(|| {
                 Error::new(
                     ErrorKind::Closed,
                     "the AMQP 1.0 connection closed before the broker confirmed",
                 )
-            };
-            let live = self
-                .shared
-                .wait_live(failed_generation)
-                .await
-                .ok_or_else(closed)?;
-            let attached = {
-                let mut session = live.session.lock().await;
-                Sender::attach(&mut *session, self.name.clone(), self.address.clone()).await
-            };
-            match attached {
-                Ok(sender) => *state = Some(Attached { live, sender }),
-                Err(e) => match classify_attach(&e) {
-                    Failure::Session => {
-                        self.shared.report_broken(live.generation);
-                        // Wait for the supervisor to replace the session.
-                        tokio::select! {
-                            _ = live.lost.cancelled() => {}
-                            _ = tokio::time::sleep(REATTACH_PAUSE) => {}
-                        }
-                        return Ok(None);
-                    }
-                    Failure::Link(why) => {
-                        return Err(Error::new(
-                            ErrorKind::Publish,
-                            format!("cannot send to {}: {why}", self.address),
-                        )
-                        .with_source(e))
-                    }
-                },
+            })?;
+        let attached = {
+            let mut session = live.session.lock().await;
+            Sender::attach(&mut *session, self.name.clone(), self.address.clone()).await
+        };
+        let e = match attached {
+            Ok(sender) => {
+                *state = Some(Attached { live, sender });
+                return Ok(true);
             }
+            Err(e) => e,
+        };
+        match classify_attach(&e) {
+            Failure::Session => {
+                self.shared.report_broken(live.generation);
+                // Wait for the supervisor to replace the session.
+                tokio::select! {
+                    _ = live.lost.cancelled() => {}
+                    _ = tokio::time::sleep(REATTACH_PAUSE) => {}
+                }
+                Ok(false)
+            }
+            Failure::Link(why) => Err(Error::new(
+                ErrorKind::Publish,
+                format!("cannot send to {}: {why}", self.address),
+            )
+            .with_source(e)),
         }
-        Ok(state.as_mut())
     }
 
     /// Handles a failed send; returns the generation the next attach must be newer than.
@@ -262,23 +262,26 @@ impl SenderPool {
         }
     }
 
+    /// The link to `address`, made on first use. A caller that sends to one address all the
+    /// time (the provider's topic space) keeps it, which spares the lookup per message.
+    pub(crate) fn link(&self, address: &str) -> Arc<SenderLink> {
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        match links.get(address) {
+            Some(link) => link.clone(),
+            None => {
+                if links.len() >= MAX_LINKS {
+                    // Links nobody is sending on right now; dropping one detaches it.
+                    links.retain(|_, l| Arc::strong_count(l) > 1);
+                }
+                let link = Arc::new(SenderLink::new(self.shared.clone(), address.to_owned()));
+                links.insert(address.to_owned(), link.clone());
+                link
+            }
+        }
+    }
+
     /// Sends `message` to `address` and waits for the broker's confirmation.
     pub(crate) async fn send(&self, address: &str, message: AmqpMessage) -> Result<()> {
-        let link = {
-            let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
-            match links.get(address) {
-                Some(link) => link.clone(),
-                None => {
-                    if links.len() >= MAX_LINKS {
-                        // Links nobody is sending on right now; dropping one detaches it.
-                        links.retain(|_, l| Arc::strong_count(l) > 1);
-                    }
-                    let link = Arc::new(SenderLink::new(self.shared.clone(), address.to_owned()));
-                    links.insert(address.to_owned(), link.clone());
-                    link
-                }
-            }
-        };
-        link.send(message).await
+        self.link(address).send(message).await
     }
 }
