@@ -210,7 +210,7 @@ async fn tidings_throughput(broker: Broker, ns: &str, n: usize) -> f64 {
         .subscribe::<Note>("tput")
         .group(&format!("{ns}.tput"))
         .prefetch(200)
-        .concurrency(16)
+        .concurrency(1)
         .handle(move |_| {
             let seen = seen.clone();
             let done_tx = done_tx.clone();
