@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde::Deserialize;
+use tidings_core::broker_url::bracketed;
 use tidings_core::BrokerUrl;
 
 /// The environment variable that overrides where the management API listens (for example
@@ -89,11 +90,7 @@ impl Endpoint {
         let mut url = BrokerUrl::parse(broker, "RabbitMQ management", SCHEMES)
             .map_err(|e| e.message().to_owned())?;
         let host = url.host_or("127.0.0.1");
-        let default_base = if host.contains(':') {
-            format!("http://[{host}]:{DEFAULT_PORT}")
-        } else {
-            format!("http://{host}:{DEFAULT_PORT}")
-        };
+        let default_base = format!("http://{}:{DEFAULT_PORT}", bracketed(&host));
         let base = url
             .take("management")
             .or_else(|| env.map(str::to_owned))

@@ -4,6 +4,7 @@
 //!
 //! `scheme://[user[:password]@]host[:port][/vhost][?exchange=NAME&publish_timeout_ms=N&…]`
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -240,6 +241,16 @@ fn check_exchange(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `host` as written in a URL or a socket address (`host:port`): an IPv6 address in brackets.
+/// [`BrokerUrl::host_or`] gives the host without them.
+pub fn bracketed(host: &str) -> Cow<'_, str> {
+    if host.contains(':') {
+        Cow::Owned(format!("[{host}]"))
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
 /// `url` with any password replaced by `***` — also inside URLs given as query options (such as
 /// a management API address) and when the URL does not parse.
 pub fn redact(url: &str) -> String {
@@ -340,5 +351,12 @@ mod tests {
             "{}",
             u.redacted()
         );
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(bracketed("rabbit.example"), "rabbit.example");
+        assert_eq!(bracketed("127.0.0.1"), "127.0.0.1");
+        assert_eq!(bracketed("::1"), "[::1]");
     }
 }

@@ -7,6 +7,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use tidings_core::broker_url::bracketed;
 use tidings_core::{BrokerUrl, Error, ErrorKind, Result};
 
 /// Everything the driver reads from the URL.
@@ -87,11 +88,7 @@ impl Config {
 
     /// `host:port`, as fe2o3 wants it in its URL.
     pub(crate) fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        format!("{}:{}", bracketed(&self.host), self.port)
     }
 }
 

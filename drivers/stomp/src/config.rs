@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tidings_core::broker_url::bracketed;
 use tidings_core::{BrokerUrl, Error, ErrorKind, Result};
 
 use crate::dialect::DialectKind;
@@ -119,11 +120,7 @@ impl Config {
 
     /// `host:port`, for messages and the socket.
     pub(crate) fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        format!("{}:{}", bracketed(&self.host), self.port)
     }
 }
 

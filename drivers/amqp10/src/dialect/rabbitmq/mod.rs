@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fe2o3_amqp::types::messaging::Header;
+use tidings_core::broker_url::bracketed;
 use tidings_core::{ErrorKind, Pattern, Result};
 
 use self::management::{segment, Management};
@@ -36,16 +37,10 @@ pub(crate) struct RabbitMq {
 
 impl RabbitMq {
     pub(crate) fn new(config: &Config) -> Result<Self> {
-        let base = config.management.clone().unwrap_or_else(|| {
-            format!(
-                "http://{}:15672",
-                if config.host.contains(':') {
-                    format!("[{}]", config.host)
-                } else {
-                    config.host.clone()
-                }
-            )
-        });
+        let base = config
+            .management
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:15672", bracketed(&config.host)));
         let user = config
             .username
             .clone()
