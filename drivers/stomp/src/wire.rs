@@ -13,6 +13,7 @@ use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tidings_core::envelope::headers;
 use tidings_core::Envelope;
 
 use crate::frame::{unescape, FrameBuilder, RawMessage};
@@ -108,7 +109,7 @@ pub(crate) fn decode(message: &RawMessage) -> Envelope {
             continue;
         }
         // The broker's own headers are skipped after one comparison.
-        if !name.starts_with(b"tidings-") {
+        if !name.starts_with(headers::RESERVED_PREFIX.as_bytes()) {
             continue;
         }
         let Some(field) = FIELDS.iter().position(|f| f.as_bytes() == name) else {
