@@ -86,6 +86,7 @@ cases! {
     rpc_remote_error_reaches_the_caller, always, 30;
     rpc_call_times_out, always, 30;
     rpc_late_reply_is_ignored, always, 30;
+    rpc_reply_to_a_caller_that_left_does_not_stall_the_server, always, 30;
     rpc_concurrent_calls_share_one_inbox, always, 30;
     rpc_calls_from_many_tasks_survive_one_timing_out, always, 30;
     rpc_call_without_server_fails_fast, mandatory, 30;
@@ -687,6 +688,45 @@ async fn rpc_late_reply_is_ignored(ctx: Arc<Ctx>) -> Outcome {
     ensure!(
         third == 30,
         "after a late reply, the third call got {third}, expected 30"
+    );
+    Ok(())
+}
+
+/// A caller that gave up and closed its bus before the reply: the server's reply goes nowhere,
+/// and the server goes on serving at once (its reply must not wait for a confirm that never
+/// comes).
+async fn rpc_reply_to_a_caller_that_left_does_not_stall_the_server(ctx: Arc<Ctx>) -> Outcome {
+    let name = ctx.name("echo");
+    let server = ctx.bus().await?;
+    server
+        .serve(&name, |n: u64| async move {
+            if n == 1 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(n * 10)
+        })
+        .await?;
+    let leaving = ctx.bus().await?;
+    let first: tidings_core::Result<u64> = leaving
+        .call(&name, &1u64)
+        .timeout(Duration::from_millis(100))
+        .await;
+    ensure!(
+        first
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::Timeout),
+        "first call should time out: {first:?}"
+    );
+    leaving.shutdown().await?;
+    tokio::time::sleep(Duration::from_millis(600)).await; // the server replies to nobody now
+    let staying = ctx.bus().await?;
+    let started = std::time::Instant::now();
+    let second: u64 = staying.call(&name, &2u64).timeout(SOON).await?;
+    ensure!(second == 20, "second call got {second}, expected 20");
+    ensure!(
+        started.elapsed() < Duration::from_secs(5),
+        "the server took {:?} to answer after replying to a caller that left",
+        started.elapsed()
     );
     Ok(())
 }

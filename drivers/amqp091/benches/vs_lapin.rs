@@ -4,12 +4,15 @@
 //! 1. throughput: 100,000 messages of 128 bytes, persistent, publisher confirms (256 in
 //!    flight), one consumer with manual acks and prefetch 256; from the first publish to the
 //!    last ack;
-//! 2. RPC: 10,000 sequential calls, p50 and p99; lapin uses direct reply-to
-//!    (`amq.rabbitmq.reply-to`) without confirms, the fastest plain RPC it has.
+//! 2. RPC: 10,000 sequential calls, p50 and p99, every side with direct reply-to
+//!    (`amq.rabbitmq.reply-to`): plain lapin "bare" (requests straight to a queue, no
+//!    confirms: the fastest plain RPC it has), plain lapin "guarded" (what tidings promises:
+//!    confirmed, mandatory requests with an expiration through a topic exchange to a durable
+//!    queue, the reply confirmed before the request is acked), and tidings.
 //!
 //! Run: `cargo bench -p tidings-amqp091 --bench vs_lapin`
-//! (`-- --messages N --calls N --rounds N` for other sizes; rounds alternate the two sides and
-//! the median ratio is the result).
+//! (`-- --messages N --calls N --rounds N` for other sizes, `--messages 0` for RPC only; rounds
+//! alternate the sides and the median ratio is the result).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -104,18 +107,6 @@ async fn lapin_throughput(n: usize) -> f64 {
         .expect("connect");
     let publisher = conn.create_channel().await.unwrap();
     publisher
-        .exchange_declare(
-            exchange.as_str().into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -135,16 +126,7 @@ async fn lapin_throughput(n: usize) -> f64 {
         )
         .await
         .unwrap();
-    consumer_channel
-        .queue_bind(
-            queue.as_str().into(),
-            exchange.as_str().into(),
-            "bench.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_bound(&consumer_channel, &exchange, &queue, "bench.#").await;
     let mut consumer = consumer_channel
         .basic_consume(
             queue.as_str().into(),
@@ -233,9 +215,26 @@ async fn tidings_rpc(calls: usize) -> Vec<Duration> {
     latencies
 }
 
+/// What the plain RPC program promises.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plain {
+    /// The fastest plain RPC: requests straight to a queue, no confirms anywhere.
+    Bare,
+    /// What tidings promises: the request goes through a topic exchange to a durable queue,
+    /// confirmed, `mandatory` (a missing server is reported) and with an expiration (the call's
+    /// timeout); the server acks the request only after the broker confirmed its reply.
+    Guarded,
+}
+
 /// Sequential call latencies through plain lapin with direct reply-to.
-async fn lapin_rpc(calls: usize) -> Vec<Duration> {
+async fn lapin_rpc(calls: usize, plain: Plain) -> Vec<Duration> {
+    let guarded = plain == Plain::Guarded;
     let queue = format!("bench-lapin-rpc-{}", tag());
+    let exchange = if guarded {
+        format!("bench-lapin-rpc-{}", tag())
+    } else {
+        String::new()
+    };
     let server_conn = Connection::connect(&url(), ConnectionProperties::default())
         .await
         .unwrap();
@@ -246,11 +245,17 @@ async fn lapin_rpc(calls: usize) -> Vec<Duration> {
     server
         .queue_declare(
             queue.as_str().into(),
-            QueueDeclareOptions::default(),
+            QueueDeclareOptions {
+                durable: guarded,
+                ..QueueDeclareOptions::default()
+            },
             FieldTable::default(),
         )
         .await
         .unwrap();
+    if guarded {
+        declare_bound(&server, &exchange, &queue, "bench.echo").await;
+    }
     server
         .basic_qos(32, BasicQosOptions::default())
         .await
@@ -264,14 +269,23 @@ async fn lapin_rpc(calls: usize) -> Vec<Duration> {
         )
         .await
         .unwrap();
-    let replier = server.clone();
+    let replier = if guarded {
+        let replier = server_conn.create_channel().await.unwrap();
+        replier
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        replier
+    } else {
+        server.clone()
+    };
     let serving = tokio::spawn(async move {
         while let Some(Ok(request)) = requests.next().await {
             let n = u64::from_le_bytes(request.data[..8].try_into().unwrap());
             let reply_to = request.properties.reply_to().clone().unwrap();
             let properties = BasicProperties::default()
                 .with_correlation_id(request.properties.correlation_id().clone().unwrap());
-            replier
+            let confirm = replier
                 .basic_publish(
                     "".into(),
                     reply_to,
@@ -281,6 +295,9 @@ async fn lapin_rpc(calls: usize) -> Vec<Duration> {
                 )
                 .await
                 .unwrap();
+            if guarded {
+                confirm.await.unwrap();
+            }
             request.ack(BasicAckOptions::default()).await.unwrap();
         }
     });
@@ -297,23 +314,46 @@ async fn lapin_rpc(calls: usize) -> Vec<Duration> {
         )
         .await
         .unwrap();
+    if guarded {
+        client
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+    }
+    let (target, key) = if guarded {
+        (exchange.as_str(), "bench.echo")
+    } else {
+        ("", queue.as_str())
+    };
     let mut latencies = Vec::with_capacity(calls);
     for i in 0..calls as u64 + 200 {
         let t = Instant::now();
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_reply_to("amq.rabbitmq.reply-to".into())
             .with_correlation_id(i.to_string().into());
-        client
+        if guarded {
+            properties = properties.with_expiration("30000".into());
+        }
+        let confirm = client
             .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
+                target.into(),
+                key.into(),
+                BasicPublishOptions {
+                    mandatory: guarded,
+                    ..BasicPublishOptions::default()
+                },
                 &i.to_le_bytes(),
                 properties,
             )
             .await
             .unwrap();
-        let reply = replies.next().await.unwrap().unwrap();
+        // Like tidings, wait for the confirm and the reply together.
+        let (confirmed, reply) = tokio::join!(confirm, replies.next());
+        if guarded {
+            let confirmed = confirmed.unwrap();
+            assert!(confirmed.is_ack() && confirmed.take_message().is_none());
+        }
+        let reply = reply.unwrap().unwrap();
         assert_eq!(
             u64::from_le_bytes(reply.data[..8].try_into().unwrap()),
             i + 1
@@ -325,8 +365,34 @@ async fn lapin_rpc(calls: usize) -> Vec<Duration> {
     serving.abort();
     let _ = client_conn.close(200, "bench".into()).await;
     let _ = server_conn.close(200, "bench".into()).await;
-    cleanup("", &[queue]).await;
+    cleanup(&exchange, &[queue]).await;
     latencies
+}
+
+/// Declares the durable topic exchange `exchange` and binds `queue` to it with `pattern`.
+async fn declare_bound(channel: &lapin::Channel, exchange: &str, queue: &str, pattern: &str) {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
 }
 
 async fn cleanup(exchange: &str, queues: &[String]) {
@@ -352,6 +418,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// p50 and p99 of `latencies`, in milliseconds.
+fn latency(mut latencies: Vec<Duration>) -> (f64, f64) {
+    latencies.sort();
+    (
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+    )
+}
+
 /// The median of `values` (sorted in place).
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
@@ -375,7 +450,8 @@ async fn main() {
     println!();
     println!("throughput: {messages} x {BODY} B, confirms ({WINDOW} in flight), manual acks, prefetch {PREFETCH}");
     let mut ratios = Vec::new();
-    for round in 1..=rounds {
+    // `--messages 0` measures RPC only.
+    for round in (1..=rounds).filter(|_| messages > 0) {
         let lapin_rate = lapin_throughput(messages).await;
         let tidings_rate = tidings_throughput(messages).await;
         ratios.push(tidings_rate / lapin_rate);
@@ -384,38 +460,31 @@ async fn main() {
             tidings_rate / lapin_rate
         );
     }
-    println!(
-        "  median ratio: {:.3} (tidings / lapin, target >= 0.95)",
-        median(&mut ratios)
-    );
+    if !ratios.is_empty() {
+        println!(
+            "  median ratio: {:.3} (tidings / lapin, target >= 0.95)",
+            median(&mut ratios)
+        );
+    }
 
     println!();
-    println!("rpc: {calls} sequential calls; plain lapin uses direct reply-to");
-    let (mut p50s, mut p99s) = (Vec::new(), Vec::new());
+    println!("rpc: {calls} sequential calls, all with direct reply-to; plain lapin bare (no confirms) and guarded (tidings' guarantees)");
+    let (mut bare_ratios, mut guarded_ratios) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
-        let mut lapin_lat = lapin_rpc(calls).await;
-        let mut tidings_lat = tidings_rpc(calls).await;
-        lapin_lat.sort();
-        tidings_lat.sort();
-        let (lp50, lp99) = (percentile(&lapin_lat, 0.5), percentile(&lapin_lat, 0.99));
-        let (tp50, tp99) = (
-            percentile(&tidings_lat, 0.5),
-            percentile(&tidings_lat, 0.99),
-        );
-        p50s.push(ms(tp50) / ms(lp50));
-        p99s.push(ms(tp99) / ms(lp99));
+        let bare = latency(lapin_rpc(calls, Plain::Bare).await);
+        let guarded = latency(lapin_rpc(calls, Plain::Guarded).await);
+        let tidings = latency(tidings_rpc(calls).await);
+        bare_ratios.push(tidings.0 / bare.0);
+        guarded_ratios.push(tidings.0 / guarded.0);
         println!(
-            "  round {round}: plain lapin p50 {:.3} ms p99 {:.3} ms   tidings p50 {:.3} ms p99 {:.3} ms   p50 ratio {:.3}",
-            ms(lp50),
-            ms(lp99),
-            ms(tp50),
-            ms(tp99),
-            ms(tp50) / ms(lp50)
+            "  round {round}: p50 / p99 ms: lapin bare {:.3} / {:.3}   lapin guarded {:.3} / {:.3}   tidings {:.3} / {:.3}   p50 ratio vs bare {:.3}, vs guarded {:.3}",
+            bare.0, bare.1, guarded.0, guarded.1, tidings.0, tidings.1,
+            tidings.0 / bare.0, tidings.0 / guarded.0
         );
     }
     println!(
-        "  median ratio: p50 {:.3} (target <= 1.1), p99 {:.3}",
-        median(&mut p50s),
-        median(&mut p99s)
+        "  median p50 ratio: vs bare {:.3} (target <= 1.1), vs guarded {:.3}",
+        median(&mut bare_ratios),
+        median(&mut guarded_ratios)
     );
 }

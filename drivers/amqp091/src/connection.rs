@@ -7,16 +7,17 @@
 //! consumers come back without a central list to replay.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidings_core::provider::Status;
 use tidings_core::{Error, ErrorKind, Result};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::inbox::ReplyFeed;
 use crate::session::Session;
 
 /// The first reconnect delay; it doubles up to [`MAX_BACKOFF`].
@@ -39,6 +40,8 @@ pub(crate) struct Shared {
     generation: AtomicU64,
     in_flight: AtomicUsize,
     flushed: Notify,
+    /// Where request channels hand their reply consumers, once the inbox is open.
+    replies: Mutex<Option<ReplyFeed>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -65,6 +68,7 @@ impl Shared {
             generation: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
             flushed: Notify::new(),
+            replies: Mutex::new(None),
         });
         tokio::spawn(supervise(Arc::downgrade(&shared), first));
         Ok(shared)
@@ -120,6 +124,21 @@ impl Shared {
         }
     }
 
+    /// Opens the RPC inbox: the receiving end of the feed of reply consumers.
+    pub(crate) fn open_replies(&self) -> mpsc::UnboundedReceiver<lapin::Consumer> {
+        let (feed, replies) = mpsc::unbounded_channel();
+        *self.replies.lock().unwrap_or_else(|p| p.into_inner()) = Some(feed);
+        replies
+    }
+
+    /// The feed of the open inbox, if any.
+    pub(crate) fn reply_feed(&self) -> Option<ReplyFeed> {
+        self.replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Counts a publish in flight until the guard drops, so `close` can wait for it.
     pub(crate) fn in_flight(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -147,6 +166,11 @@ impl Shared {
             self.aborted.store(true, Ordering::Release);
         }
         self.closing.cancel();
+        // No more reply consumers: the inbox ends once the ones it has end with the connection.
+        self.replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let session = self.session.send_replace(None);
         self.status.send_replace(Status::Closed);
         if let Some(session) = session {

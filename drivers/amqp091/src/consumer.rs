@@ -64,8 +64,6 @@ pub(crate) struct SubSpec {
     /// The binding pattern, if the queue is bound to the exchange.
     pub(crate) pattern: Option<String>,
     pub(crate) prefetch: u16,
-    /// Deliveries need no settling (the RPC inbox).
-    pub(crate) no_ack: bool,
     pub(crate) dead: Option<Arc<DeadTarget>>,
 }
 
@@ -138,18 +136,16 @@ async fn start(
         )
     })?;
     let result = async {
-        if !spec.no_ack {
-            channel
-                .basic_qos(spec.prefetch.max(1), BasicQosOptions::default())
-                .await
-                .map_err(|e| {
-                    transport(
-                        ErrorKind::Subscribe,
-                        format!("cannot set the prefetch: {e}"),
-                        e,
-                    )
-                })?;
-        }
+        channel
+            .basic_qos(spec.prefetch.max(1), BasicQosOptions::default())
+            .await
+            .map_err(|e| {
+                transport(
+                    ErrorKind::Subscribe,
+                    format!("cannot set the prefetch: {e}"),
+                    e,
+                )
+            })?;
         let queue = declare_queue(&channel, &spec.queue, &spec.kind).await?;
         if let Some(pattern) = &spec.pattern {
             bind(&channel, &queue, &shared.config.exchange, pattern).await?;
@@ -162,10 +158,7 @@ async fn start(
             .basic_consume(
                 short("queue name", &queue)?,
                 tag.clone(),
-                BasicConsumeOptions {
-                    no_ack: spec.no_ack,
-                    ..BasicConsumeOptions::default()
-                },
+                BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
@@ -319,9 +312,6 @@ impl AmqpConsumer {
         } = delivery;
         let body = Bytes::from(data);
         let envelope = wire::decode(&properties, routing_key.as_str(), redelivered, body.clone());
-        if self.state.spec.no_ack {
-            return Delivery::new(envelope, Box::new(NoSettle));
-        }
         let settle = AmqpSettle {
             shared: self.shared.clone(),
             acker,
@@ -365,7 +355,7 @@ impl Consumer for AmqpConsumer {
                     Some(Ok(delivery)) => {
                         // From a channel that already died: the broker redelivers it; handling it
                         // now would only make a duplicate whose settlement fails.
-                        if !self.state.spec.no_ack && delivery.acker.poisoned() {
+                        if delivery.acker.poisoned() {
                             continue;
                         }
                         let queue = current.queue.clone();
@@ -410,15 +400,13 @@ impl Consumer for AmqpConsumer {
         }
         // Prefetched deliveries nobody took go back unchanged (same attempt). A broadcast
         // queue is deleted with its consumer, so there is nothing to give back to.
-        let give_back = !self.state.spec.no_ack
-            && matches!(
-                self.state.spec.kind,
-                QueueKind::Group { .. } | QueueKind::DeadLetters
-            )
-            && !self
-                .shared
-                .aborted
-                .load(std::sync::atomic::Ordering::Acquire);
+        let give_back = matches!(
+            self.state.spec.kind,
+            QueueKind::Group { .. } | QueueKind::DeadLetters
+        ) && !self
+            .shared
+            .aborted
+            .load(std::sync::atomic::Ordering::Acquire);
         if let Some(mut started) = latest {
             while give_back_one(&self, &mut started, give_back).await {}
             close_channel(&started.channel, "unsubscribed").await;
@@ -465,15 +453,6 @@ impl Drop for AmqpConsumer {
         if let (Some((channel, _)), Ok(handle)) = (active, tokio::runtime::Handle::try_current()) {
             handle.spawn(async move { close_channel(&channel, "consumer dropped").await });
         }
-    }
-}
-
-/// Settles an inbox delivery: nothing to do, it was consumed without acks.
-struct NoSettle;
-
-impl Settle for NoSettle {
-    fn settle(self: Box<Self>, _outcome: Outcome) -> Completion<'static, Result<()>> {
-        Completion::done(Ok(()))
     }
 }
 

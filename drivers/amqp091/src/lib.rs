@@ -23,6 +23,7 @@ mod config;
 mod connection;
 mod consumer;
 mod errors;
+mod inbox;
 mod provider;
 mod publisher;
 mod session;

@@ -14,8 +14,9 @@ use crate::config::Config;
 use crate::connection::{closed, Shared};
 use crate::consumer::{self, DeadTarget, SubSpec};
 use crate::errors::transport;
+use crate::inbox::{ReplyInbox, DIRECT_REPLY_TO};
 use crate::publisher::{publish, Target};
-use crate::topology::{dead_queue, declare_queue, group_queue, inbox_queue, QueueKind};
+use crate::topology::{dead_queue, declare_queue, group_queue, QueueKind};
 
 /// How many dead letters a reader may hold unsettled.
 const DEAD_LETTER_PREFETCH: u16 = 64;
@@ -118,7 +119,6 @@ impl Provider for AmqpProvider {
                 queue,
                 pattern: Some(spec.pattern.to_string()),
                 prefetch: spec.prefetch,
-                no_ack: false,
                 dead: Some(Arc::new(dead)),
             },
         )
@@ -127,20 +127,10 @@ impl Provider for AmqpProvider {
 
     async fn open_inbox(&self) -> Result<Inbox> {
         self.check_open()?;
-        let address = inbox_queue(&self.shared.config.exchange);
-        let consumer = consumer::open(
-            &self.shared,
-            SubSpec {
-                kind: QueueKind::Inbox,
-                queue: address.clone(),
-                pattern: None,
-                prefetch: 0,
-                no_ack: true,
-                dead: None,
-            },
-        )
-        .await?;
-        Ok(Inbox { address, consumer })
+        Ok(Inbox {
+            address: DIRECT_REPLY_TO.to_owned(),
+            consumer: Box::new(ReplyInbox::new(self.shared.open_replies())),
+        })
     }
 
     async fn send_to(&self, address: &str, envelope: Envelope) -> Result<()> {
@@ -158,7 +148,6 @@ impl Provider for AmqpProvider {
                 queue: queue.clone(),
                 pattern: None,
                 prefetch: DEAD_LETTER_PREFETCH,
-                no_ack: false,
                 dead: Some(Arc::new(DeadTarget {
                     queue,
                     from: name.to_owned(),

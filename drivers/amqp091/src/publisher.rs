@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::connection::Shared;
 use crate::errors::{is_connection_error, transport};
+use crate::inbox::DIRECT_REPLY_TO;
 use crate::session::Sent;
 use crate::topology::{declare_exchange, short};
 use crate::wire;
@@ -57,6 +58,19 @@ pub(crate) async fn publish(
     if shared.closing.is_cancelled() {
         return Err(crate::connection::closed());
     }
+    // An RPC request: its reply comes back through direct reply-to, to the channel that sent it.
+    let replies = match envelope.reply_to.as_deref() {
+        Some(DIRECT_REPLY_TO) => Some(shared.reply_feed().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Publish,
+                format!(
+                    "reply_to {DIRECT_REPLY_TO:?} is this driver's RPC inbox, which is not open on \
+                     this connection; use Bus::call, which opens it"
+                ),
+            )
+        })?),
+        _ => None,
+    };
     let mut properties = Some(wire::encode(envelope, target.direct)?);
     let _counted = shared.in_flight();
     let deadline = Instant::now() + shared.config.publish_timeout;
@@ -70,6 +84,7 @@ pub(crate) async fn publish(
                 &target.exchange,
                 &target.routing_key,
                 mandatory,
+                replies.as_ref(),
                 &envelope.body,
                 // Encoded again only when a publish must be sent a second time.
                 match properties.take() {

@@ -8,22 +8,25 @@
 //! under two separate locks; two tasks racing between those steps would get each other's
 //! confirms, so that short synchronous step runs under a mutex (never held across an await).
 //!
-//! Mandatory publishes (RPC requests) go to a small pool of channels, each with one publish in
-//! flight: lapin hands a `basic.return` to whichever confirm completes next on the channel, so
-//! only a channel with a single outstanding publish can say for sure which message came back.
+//! Mandatory publishes (casts, RPC requests) go to a small pool of channels, each with one
+//! publish in flight: lapin hands a `basic.return` to whichever confirm completes next on the
+//! channel, so only a channel with a single outstanding publish can say for sure which message
+//! came back. These channels also carry the RPC requests, and each consumes RabbitMQ's direct
+//! reply-to for the requests it sent (see `inbox`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::ShortString;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tidings_core::{ErrorKind, Result};
 
 use crate::config::Config;
 use crate::errors::transport;
+use crate::inbox::{ReplyFeed, DIRECT_REPLY_TO};
 use crate::topology::declare_exchange;
 
 /// How many channels carry mandatory publishes concurrently.
@@ -47,9 +50,9 @@ struct ConfirmChannel {
 }
 
 impl ConfirmChannel {
-    fn new(channel: Option<Channel>) -> Self {
+    fn new(channel: Channel) -> Self {
         Self {
-            current: Mutex::new(channel),
+            current: Mutex::new(Some(channel)),
             reopen: tokio::sync::Mutex::new(()),
         }
     }
@@ -82,6 +85,56 @@ impl ConfirmChannel {
     }
 }
 
+/// A channel for mandatory publishes, used by one publish at a time (under its slot's lock).
+#[derive(Default)]
+struct MandatorySlot {
+    channel: Option<Channel>,
+    /// Whether this channel consumes direct reply-to (it must, before it sends a request).
+    replying: bool,
+}
+
+impl MandatorySlot {
+    /// The channel, opened again if the broker closed it, consuming direct reply-to when a
+    /// request is about to be sent on it.
+    async fn ready(
+        &mut self,
+        connection: &Connection,
+        replies: Option<&ReplyFeed>,
+    ) -> lapin::Result<&Channel> {
+        let live = self
+            .channel
+            .as_ref()
+            .is_some_and(|c| c.status().connected());
+        if !live {
+            self.channel = None;
+            self.replying = false;
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            self.channel = Some(channel);
+        }
+        let channel = self.channel.as_ref().expect("opened above");
+        if let (Some(feed), false) = (replies, self.replying) {
+            let consumer = channel
+                .basic_consume(
+                    DIRECT_REPLY_TO.into(),
+                    ShortString::default(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..BasicConsumeOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            // A closed feed means the inbox is gone; its replies are not wanted.
+            let _ = feed.send(consumer);
+            self.replying = true;
+        }
+        Ok(channel)
+    }
+}
+
 /// One live connection.
 pub(crate) struct Session {
     /// Counts sessions of one provider; consumers follow it to notice a reconnect.
@@ -90,7 +143,7 @@ pub(crate) struct Session {
     publisher: ConfirmChannel,
     /// Serialises lapin's "register confirm + queue frames" step (see the module docs).
     send_order: Mutex<()>,
-    mandatory: Vec<tokio::sync::Mutex<ConfirmChannel>>,
+    mandatory: Vec<tokio::sync::Mutex<MandatorySlot>>,
     next_mandatory: AtomicUsize,
     /// Dead-letter queues already declared on this connection.
     declared: Mutex<std::collections::HashSet<String>>,
@@ -143,10 +196,10 @@ impl Session {
         Ok(Arc::new(Self {
             generation,
             connection,
-            publisher: ConfirmChannel::new(Some(channel)),
+            publisher: ConfirmChannel::new(channel),
             send_order: Mutex::new(()),
             mandatory: (0..MANDATORY_CHANNELS)
-                .map(|_| tokio::sync::Mutex::new(ConfirmChannel::new(None)))
+                .map(|_| tokio::sync::Mutex::default())
                 .collect(),
             next_mandatory: AtomicUsize::new(0),
             declared: Mutex::new(Default::default()),
@@ -175,22 +228,24 @@ impl Session {
             .remove(queue);
     }
 
-    /// Publishes and waits for the broker's confirm.
+    /// Publishes and waits for the broker's confirm. An RPC request (`replies`: the inbox that
+    /// reads its reply) goes out on a channel that consumes direct reply-to.
     pub(crate) async fn publish(
         &self,
         exchange: &ShortString,
         routing_key: &ShortString,
         mandatory: bool,
+        replies: Option<&ReplyFeed>,
         body: &[u8],
         properties: BasicProperties,
     ) -> lapin::Result<Sent> {
-        if mandatory {
+        if mandatory || replies.is_some() {
             let i = self.next_mandatory.fetch_add(1, Ordering::Relaxed) % self.mandatory.len();
             // Held until the confirm arrives: one publish in flight on this channel.
-            let slot = self.mandatory[i].lock().await;
-            let channel = slot.get(&self.connection).await?;
+            let mut slot = self.mandatory[i].lock().await;
+            let channel = slot.ready(&self.connection, replies).await?;
             let options = BasicPublishOptions {
-                mandatory: true,
+                mandatory,
                 ..BasicPublishOptions::default()
             };
             let confirm = channel

@@ -5,8 +5,7 @@
 //! - group `g`: `<exchange>.group.g` (durable, or auto-delete for `durable: false`);
 //! - dead letters of `d`: `<exchange>.dead.d` (durable);
 //! - broadcast: a server-named exclusive auto-delete queue (`amq.gen-...`);
-//! - RPC inbox: `<exchange>.inbox.<random>`, exclusive and auto-delete, named by the client so
-//!   its address survives a reconnect.
+//! - no RPC inbox queue: replies use RabbitMQ's direct reply-to (see `inbox`).
 //!
 //! Declarations are idempotent. They run on the channel that will use the queue, so a
 //! `PRECONDITION_FAILED` (the queue exists with other settings) closes only that channel and is
@@ -31,14 +30,12 @@ pub(crate) enum QueueKind {
     },
     /// A dead-letter queue, always durable.
     DeadLetters,
-    /// A connection's RPC reply queue.
-    Inbox,
 }
 
 impl QueueKind {
     fn options(&self) -> QueueDeclareOptions {
         match self {
-            Self::Broadcast | Self::Inbox => QueueDeclareOptions {
+            Self::Broadcast => QueueDeclareOptions {
                 exclusive: true,
                 auto_delete: true,
                 ..QueueDeclareOptions::default()
@@ -56,7 +53,7 @@ impl QueueKind {
 
     fn describe(&self) -> &'static str {
         match self {
-            Self::Broadcast | Self::Inbox => "exclusive, auto-delete",
+            Self::Broadcast => "exclusive, auto-delete",
             Self::Group { durable: true } => "durable (a durable group)",
             Self::DeadLetters => "durable (a dead-letter queue)",
             Self::Group { durable: false } => {
@@ -74,11 +71,6 @@ pub(crate) fn group_queue(exchange: &str, name: &str) -> String {
 /// The dead-letter queue `name`.
 pub(crate) fn dead_queue(exchange: &str, name: &str) -> String {
     format!("{exchange}.dead.{name}")
-}
-
-/// A fresh inbox queue name.
-pub(crate) fn inbox_queue(exchange: &str) -> String {
-    format!("{exchange}.inbox.{}", tidings_core::envelope::new_id())
 }
 
 /// A name as an AMQP short string, or a clear error when it is too long.

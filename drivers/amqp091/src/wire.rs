@@ -62,8 +62,8 @@ pub(crate) fn encode(envelope: &Envelope, direct: bool) -> Result<BasicPropertie
         AMQPValue::LongLongInt(envelope.timestamp_ms.min(i64::MAX as u64) as i64),
     );
     // RPC requests (they carry a reply-to) and replies (sent straight to an inbox) are
-    // transient: the caller's inbox is exclusive to its connection, so neither could be of use
-    // after a broker restart, and skipping the disk keeps calls fast. Dead letters always
+    // transient: a direct reply-to address dies with the caller's channel, so neither could be
+    // of use after a broker restart, and skipping the disk keeps calls fast. Dead letters always
     // persist.
     let rpc = envelope.reply_to.is_some() || (direct && envelope.correlation_id.is_some());
     let transient = rpc && !envelope.headers.contains_key(headers::DEAD_REASON);
