@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tidings_core::codec::POSTCARD;
 use tidings_core::interceptor::{on_receive, on_send};
-use tidings_core::{Bytes, Capabilities, Envelope, ErrorKind, Message, PublishOptions};
+use tidings_core::{Bus, Bytes, Capabilities, Envelope, ErrorKind, Message, PublishOptions};
 
 use crate::ensure;
 use crate::support::{collector, Ctx, Note, QUIET, SOON};
@@ -658,29 +658,43 @@ async fn rpc_call_times_out(ctx: Arc<Ctx>) -> Outcome {
     Ok(())
 }
 
-async fn rpc_late_reply_is_ignored(ctx: Arc<Ctx>) -> Outcome {
-    let name = ctx.name("echo");
+/// Serves `name` on a new bus as `n * 10`, taking `slow` to answer request 1.
+async fn serve_slow_first(
+    ctx: &Ctx,
+    name: &str,
+    slow: Duration,
+    concurrency: usize,
+) -> Result<Bus, Box<dyn std::error::Error + Send + Sync>> {
     let server = ctx.bus().await?;
     server
-        .serve(&name, |n: u64| async move {
+        .serve(name, move |n: u64| async move {
             if n == 1 {
-                tokio::time::sleep(Duration::from_millis(700)).await;
+                tokio::time::sleep(slow).await;
             }
             Ok(n * 10)
         })
-        .concurrency(4)
+        .concurrency(concurrency)
         .await?;
-    let client = ctx.bus().await?;
-    let first: tidings_core::Result<u64> = client
-        .call(&name, &1u64)
-        .timeout(Duration::from_millis(200))
-        .await;
+    Ok(server)
+}
+
+/// Calls `name` with request 1, which must time out after `timeout`.
+async fn call_first_times_out(bus: &Bus, name: &str, timeout: Duration) -> Outcome {
+    let first: tidings_core::Result<u64> = bus.call(name, &1u64).timeout(timeout).await;
     ensure!(
         first
             .as_ref()
             .is_err_and(|e| e.kind() == ErrorKind::Timeout),
         "first call should time out: {first:?}"
     );
+    Ok(())
+}
+
+async fn rpc_late_reply_is_ignored(ctx: Arc<Ctx>) -> Outcome {
+    let name = ctx.name("echo");
+    let _server = serve_slow_first(&ctx, &name, Duration::from_millis(700), 4).await?;
+    let client = ctx.bus().await?;
+    call_first_times_out(&client, &name, Duration::from_millis(200)).await?;
     let second: u64 = client.call(&name, &2u64).timeout(SOON).await?;
     ensure!(second == 20, "second call got {second}, expected 20");
     tokio::time::sleep(Duration::from_millis(900)).await; // the late reply to call 1 arrives now
@@ -697,30 +711,13 @@ async fn rpc_late_reply_is_ignored(ctx: Arc<Ctx>) -> Outcome {
 /// comes).
 async fn rpc_reply_to_a_caller_that_left_does_not_stall_the_server(ctx: Arc<Ctx>) -> Outcome {
     let name = ctx.name("echo");
-    let server = ctx.bus().await?;
-    server
-        .serve(&name, |n: u64| async move {
-            if n == 1 {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Ok(n * 10)
-        })
-        .await?;
+    let _server = serve_slow_first(&ctx, &name, Duration::from_millis(500), 1).await?;
     let leaving = ctx.bus().await?;
-    let first: tidings_core::Result<u64> = leaving
-        .call(&name, &1u64)
-        .timeout(Duration::from_millis(100))
-        .await;
-    ensure!(
-        first
-            .as_ref()
-            .is_err_and(|e| e.kind() == ErrorKind::Timeout),
-        "first call should time out: {first:?}"
-    );
+    call_first_times_out(&leaving, &name, Duration::from_millis(100)).await?;
     leaving.shutdown().await?;
     tokio::time::sleep(Duration::from_millis(600)).await; // the server replies to nobody now
     let staying = ctx.bus().await?;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let second: u64 = staying.call(&name, &2u64).timeout(SOON).await?;
     ensure!(second == 20, "second call got {second}, expected 20");
     ensure!(
