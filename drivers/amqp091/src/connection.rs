@@ -124,11 +124,22 @@ impl Shared {
         }
     }
 
-    /// Opens the RPC inbox: the receiving end of the feed of reply consumers.
-    pub(crate) fn open_replies(&self) -> mpsc::UnboundedReceiver<lapin::Consumer> {
+    /// Opens the RPC inbox: the receiving end of the feed of reply consumers. One per
+    /// connection: direct reply-to allows one reply consumer per channel, and the request
+    /// channels belong to the connection.
+    pub(crate) fn open_replies(&self) -> Result<mpsc::UnboundedReceiver<lapin::Consumer>> {
+        let mut current = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|feed| !feed.is_closed()) {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "another Bus already makes calls over this amqp:// connection; RabbitMQ's \
+                 direct reply-to gives a connection one inbox: share one Bus (clone it, or use \
+                 with_identity / with_codec / with_interceptor, which keep its inbox)",
+            ));
+        }
         let (feed, replies) = mpsc::unbounded_channel();
-        *self.replies.lock().unwrap_or_else(|p| p.into_inner()) = Some(feed);
-        replies
+        *current = Some(feed);
+        Ok(replies)
     }
 
     /// The feed of the open inbox, if any.

@@ -129,7 +129,7 @@ impl Provider for AmqpProvider {
         self.check_open()?;
         Ok(Inbox {
             address: DIRECT_REPLY_TO.to_owned(),
-            consumer: Box::new(ReplyInbox::new(self.shared.open_replies())),
+            consumer: Box::new(ReplyInbox::new(self.shared.open_replies()?)),
         })
     }
 

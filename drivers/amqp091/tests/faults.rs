@@ -1,7 +1,7 @@
 //! Fault tests against the local RabbitMQ: a consumer killed with SIGKILL, the broker closing
-//! every connection of a bus mid-flow, and a broker restart (`stop_app`/`start_app`). Each
-//! asserts that no message is lost. They run one at a time (a global lock) and always restore
-//! the broker.
+//! every connection of a bus mid-flow (messages, then calls), and a broker restart
+//! (`stop_app`/`start_app`). Each asserts that no message is lost. They run one at a time (a
+//! global lock) and always restore the broker.
 
 mod support;
 
@@ -289,6 +289,96 @@ async fn broker_closing_connections_mid_flow_loses_nothing() {
     );
     publisher.shutdown().await.ok();
     consumer.shutdown().await.ok();
+}
+
+/// Calls keep working across a connection loss: after the reconnect the new request channels
+/// consume direct reply-to again and hand their replies to the same inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_work_again_after_the_broker_closes_the_connections() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let exchange = exchange("rpcclose");
+    let _cleanup = Cleanup(exchange.clone());
+    let server = bus(&exchange).await;
+    let client = bus(&exchange).await;
+    let _serving = server
+        .serve("math.double", |n: u64| async move { Ok(n * 2) })
+        .await
+        .expect("serve");
+    let before: u64 = client.call("math.double", &21u64).await.expect("call");
+    assert_eq!(before, 42);
+
+    let closed = tokio::task::spawn_blocking({
+        let exchange = exchange.clone();
+        move || close_connections_of(&exchange)
+    })
+    .await
+    .unwrap();
+    assert!(closed >= 2, "expected to close both buses' connections");
+    for bus in [&server, &client] {
+        let mut status = bus.status();
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            status.wait_for(|s| *s == Status::Connected),
+        )
+        .await
+        .expect("reconnected")
+        .expect("status watch");
+    }
+    // The server's subscription follows the reconnect on its own: retry until it is back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match client
+            .call::<u64, u64>("math.double", &50u64)
+            .timeout(Duration::from_secs(2))
+            .await
+        {
+            Ok(n) => break n,
+            Err(e) if Instant::now() < deadline => println!("not yet: {e}"),
+            Err(e) => panic!("no call succeeded after the reconnect: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(after, 100);
+    for n in 0..20u64 {
+        let got: u64 = client.call("math.double", &n).await.expect("call");
+        assert_eq!(got, n * 2);
+    }
+    client.shutdown().await.ok();
+    server.shutdown().await.ok();
+}
+
+/// RabbitMQ's direct reply-to gives a connection one inbox; a second bus over the same
+/// provider is told so when it calls, instead of losing its replies.
+#[tokio::test]
+async fn a_second_bus_on_one_connection_cannot_call() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let exchange = exchange("oneinbox");
+    let _cleanup = Cleanup(exchange.clone());
+    let provider = tidings_amqp091::connect(&support::url_with(&format!("exchange={exchange}")))
+        .await
+        .expect("broker reachable");
+    let first = Bus::new(provider.clone());
+    let second = Bus::new(provider);
+    let _serving = first
+        .serve("math.double", |n: u64| async move { Ok(n * 2) })
+        .await
+        .expect("serve");
+    let got: u64 = first
+        .call("math.double", &1u64)
+        .await
+        .expect("first bus calls");
+    assert_eq!(got, 2);
+    let refused = second.call::<u64, u64>("math.double", &1u64).await;
+    let error = refused.expect_err("a second inbox on one connection");
+    assert_eq!(error.kind(), tidings_core::ErrorKind::Unsupported);
+    assert!(error.to_string().contains("share one Bus"), "{error}");
+    let shared = first.with_codec(tidings_core::Codec::Json);
+    let got: u64 = shared
+        .call("math.double", &2u64)
+        .await
+        .expect("a handle of the first bus calls");
+    assert_eq!(got, 4);
+    first.shutdown().await.ok();
 }
 
 /// Starts the broker app again when dropped, so a failing test never leaves it stopped.
