@@ -10,7 +10,8 @@
 //! Run: `cargo bench -p tidings-amqp10 --bench vs_fe2o3` (broker: `TIDINGS_AMQP10_URL`).
 //! `TIDINGS_BENCH_SIDE=plain|tidings` runs one side only (for `perf`); `TIDINGS_BENCH_ROUNDS`
 //! sets how many alternating rounds run (default 2; the best of each side is reported);
-//! `TIDINGS_BENCH_CALLS` how many RPC calls (default 2000; 0 leaves the throughput phase alone).
+//! `TIDINGS_BENCH_CALLS` how many RPC calls (default 2000; 0 leaves the throughput phase alone);
+//! `TIDINGS_BENCH_MESSAGES` how many messages the throughput phase sends (default 20000).
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,16 @@ use futures::future::join_all;
 use tidings_conformance::rabbitmq::Management;
 use tidings_core::Bus;
 
-const MESSAGES: u32 = 20_000;
 const WINDOW: usize = 500;
+/// Messages of the throughput phase; `TIDINGS_BENCH_MESSAGES` overrides it (a multiple of the
+/// window), so that running N and 2N under callgrind gives the cost per message without the
+/// set-up.
+fn messages() -> u32 {
+    std::env::var("TIDINGS_BENCH_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000)
+}
 /// RPC calls per side; `TIDINGS_BENCH_CALLS` overrides it (0 profiles the throughput phase
 /// alone).
 fn calls() -> usize {
@@ -99,7 +108,7 @@ async fn tidings_side(exchange: &str) -> Result {
     let payload = vec![7u8; 100];
     let started = Instant::now();
     let cpu = process_cpu();
-    for chunk in (0..MESSAGES).collect::<Vec<_>>().chunks(WINDOW) {
+    for chunk in (0..messages()).collect::<Vec<_>>().chunks(WINDOW) {
         let sends = chunk
             .iter()
             .map(|_| std::future::IntoFuture::into_future(publisher.emit("bench.item", &payload)));
@@ -107,11 +116,11 @@ async fn tidings_side(exchange: &str) -> Result {
             r.expect("publish");
         }
     }
-    for _ in 0..MESSAGES {
+    for _ in 0..messages() {
         rx.recv().await.expect("consume");
     }
-    let throughput = f64::from(MESSAGES) / started.elapsed().as_secs_f64();
-    let cpu_per_message = (process_cpu() - cpu) / MESSAGES;
+    let throughput = f64::from(messages()) / started.elapsed().as_secs_f64();
+    let cpu_per_message = (process_cpu() - cpu) / messages();
 
     let name = format!("{exchange}-add");
     consumer
@@ -160,7 +169,7 @@ fn with_metadata(mut sendable: Sendable<Body<Value>>, n: u32) -> Sendable<Body<V
         "tidings-emitter".to_owned(),
         SimpleValue::String("host.process.12345".to_owned()),
     );
-    map.insert("tidings-attempt".to_owned(), SimpleValue::Uint(1));
+    // No `tidings-attempt`: a first attempt leaves it out.
     sendable.message.application_properties = Some(ApplicationProperties(map));
     sendable
 }
@@ -233,8 +242,9 @@ async fn plain_side(exchange: &str) -> Result {
         .attach(&mut cs)
         .await
         .expect("receiver");
+    let messages = messages();
     let consume = tokio::spawn(async move {
-        for _ in 0..MESSAGES {
+        for _ in 0..messages {
             top_up(&mut receiver, WINDOW as u32).await;
             let d = receiver.recv::<Body<Value>>().await.expect("recv");
             receiver.accept(&d).await.expect("accept");
@@ -243,7 +253,7 @@ async fn plain_side(exchange: &str) -> Result {
     });
     let started = Instant::now();
     let cpu = process_cpu();
-    for chunk in (0..MESSAGES).collect::<Vec<_>>().chunks(WINDOW) {
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(WINDOW) {
         let mut futs = Vec::with_capacity(chunk.len());
         for n in chunk {
             let mut m = message("bench.item", None, None, vec![7u8; 100]);
@@ -257,8 +267,8 @@ async fn plain_side(exchange: &str) -> Result {
         }
     }
     let receiver = consume.await.expect("consumer");
-    let throughput = f64::from(MESSAGES) / started.elapsed().as_secs_f64();
-    let cpu_per_message = (process_cpu() - cpu) / MESSAGES;
+    let throughput = f64::from(messages) / started.elapsed().as_secs_f64();
+    let cpu_per_message = (process_cpu() - cpu) / messages;
     let _ = receiver.close().await;
 
     // RPC: a server answering on the request's reply-to, a client with one inbox.
@@ -351,7 +361,7 @@ fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(2);
     runtime.block_on(async {
-        let id = &tidings_core::envelope::new_id()[..10];
+        let id = &tidings_conformance::support::unique_tag();
         // Alternating plain, tidings, plain, tidings, …: the best of each is reported.
         let (mut plain, mut tidings) = (Vec::new(), Vec::new());
         for round in 0..rounds {
@@ -388,7 +398,8 @@ fn main() {
         println!("| | plain fe2o3-amqp | tidings-amqp10 | ratio |");
         println!("|---|---|---|---|");
         println!(
-            "| throughput ({MESSAGES} x 100 B, confirmed, consumed) | {:.0} msg/s | {:.0} msg/s | {:.2} |",
+            "| throughput ({} x 100 B, confirmed, consumed) | {:.0} msg/s | {:.0} msg/s | {:.2} |",
+            messages(),
             p.throughput,
             t.throughput,
             t.throughput / p.throughput
@@ -399,7 +410,18 @@ fn main() {
             t.cpu_per_message.as_secs_f64() * 1e6,
             p.cpu_per_message.as_secs_f64() / t.cpu_per_message.as_secs_f64()
         );
-        println!("| RPC p50 ({} sequential calls) | {:?} | {:?} | {:.2} |", calls(), p.p50, t.p50, p.p50.as_secs_f64() / t.p50.as_secs_f64());
-        println!("| RPC p99 | {:?} | {:?} | {:.2} |", p.p99, t.p99, p.p99.as_secs_f64() / t.p99.as_secs_f64());
+        println!(
+            "| RPC p50 ({} sequential calls) | {:?} | {:?} | {:.2} |",
+            calls(),
+            p.p50,
+            t.p50,
+            p.p50.as_secs_f64() / t.p50.as_secs_f64()
+        );
+        println!(
+            "| RPC p99 | {:?} | {:?} | {:.2} |",
+            p.p99,
+            t.p99,
+            p.p99.as_secs_f64() / t.p99.as_secs_f64()
+        );
     });
 }

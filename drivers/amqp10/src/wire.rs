@@ -54,28 +54,46 @@ pub(crate) fn encode(envelope: Envelope, durable: bool) -> AmqpMessage {
         subject: Some(routing_key),
         reply_to,
         correlation_id: correlation_id.map(MessageId::String),
-        content_type: Some(Symbol::from(content_type.into_owned())),
+        content_type: (!content_type.is_empty()).then(|| Symbol::from(content_type.into_owned())),
         creation_time: Some(Timestamp::from_milliseconds(
             timestamp_ms.min(i64::MAX as u64) as i64,
         )),
         ..Properties::default()
     };
-    let mut map = OrderedMap::with_capacity(headers.len() + 4);
-    for (name, value) in headers {
-        map.insert(name, SimpleValue::String(value));
-    }
-    map.insert(EVENT.to_owned(), SimpleValue::String(event.into_owned()));
-    map.insert(EMITTER.to_owned(), SimpleValue::String(emitter));
-    map.insert(ATTEMPT.to_owned(), SimpleValue::Uint(attempt));
-    if let Some(ms) = ttl_ms {
-        map.insert(TTL_MS.to_owned(), SimpleValue::Ulong(ms));
-    }
+    // Every entry costs fe2o3 a string key and a value to encode, and the receiver to decode
+    // and hash: an entry whose value is the default (empty, attempt 1) is left out, and
+    // decoding restores the default.
+    let first_attempt = attempt <= 1;
+    let entries = headers.len()
+        + usize::from(!event.is_empty())
+        + usize::from(!emitter.is_empty())
+        + usize::from(!first_attempt)
+        + usize::from(ttl_ms.is_some());
+    let application_properties = (entries > 0).then(|| {
+        let mut map = OrderedMap::with_capacity(entries);
+        for (name, value) in headers {
+            map.insert(name, SimpleValue::String(value));
+        }
+        if !event.is_empty() {
+            map.insert(EVENT.to_owned(), SimpleValue::String(event.into_owned()));
+        }
+        if !emitter.is_empty() {
+            map.insert(EMITTER.to_owned(), SimpleValue::String(emitter));
+        }
+        if !first_attempt {
+            map.insert(ATTEMPT.to_owned(), SimpleValue::Uint(attempt));
+        }
+        if let Some(ms) = ttl_ms {
+            map.insert(TTL_MS.to_owned(), SimpleValue::Ulong(ms));
+        }
+        ApplicationProperties(map)
+    });
     Message {
         header: Some(header),
         delivery_annotations: None,
         message_annotations: None,
         properties: Some(properties),
-        application_properties: Some(ApplicationProperties(map)),
+        application_properties,
         // Bytes into Vec reuses the buffer when this is its only owner (the usual case).
         body: Body::Data(vec![Data(Binary::from(Vec::from(body)))].into()),
         footer: None,
@@ -231,6 +249,29 @@ mod tests {
         let mut bare = Envelope::new("k", "", Bytes::new());
         bare.timestamp_ms = 0;
         assert_eq!(decode(encode(bare.clone(), false), false), bare);
+    }
+
+    #[test]
+    fn defaults_stay_off_the_wire() {
+        let mut first = sample();
+        first.attempt = 1;
+        let message = encode(first.clone(), true);
+        let map = &message.application_properties.as_ref().unwrap().0;
+        assert!(map.get(ATTEMPT).is_none());
+        assert_eq!(decode(message, false), first);
+
+        let mut bare = Envelope::new("k", "", Bytes::new());
+        bare.timestamp_ms = 0;
+        let message = encode(bare.clone(), false);
+        assert!(message.application_properties.is_none());
+        assert!(message.properties.as_ref().unwrap().content_type.is_none());
+        assert_eq!(decode(message, true).attempt, 2);
+
+        // What earlier versions sent: every entry, attempt 1 included.
+        let mut old = encode(sample(), true);
+        let map = &mut old.application_properties.as_mut().unwrap().0;
+        map.insert(ATTEMPT.to_owned(), SimpleValue::Uint(1));
+        assert_eq!(decode(old, false).attempt, 1);
     }
 
     #[test]

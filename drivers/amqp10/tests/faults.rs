@@ -26,6 +26,8 @@ struct Proxy {
     port: u16,
     links: Arc<Mutex<Vec<AbortHandle>>>,
     refusing: Arc<AtomicBool>,
+    /// While set, nothing the clients send reaches the broker (the connections stay open).
+    stalled: Arc<AtomicBool>,
     /// Every byte the clients sent to the broker, in order.
     sent: Arc<Mutex<Vec<u8>>>,
 }
@@ -36,8 +38,10 @@ impl Proxy {
         let port = listener.local_addr().expect("proxy address").port();
         let links: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let refusing = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
         let sent: Arc<Mutex<Vec<u8>>> = Arc::default();
         let (l, r, s) = (links.clone(), refusing.clone(), sent.clone());
+        let st = stalled.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if r.load(Ordering::Acquire) {
@@ -46,6 +50,7 @@ impl Proxy {
                 }
                 let upstream = upstream.clone();
                 let sent = s.clone();
+                let stalled = st.clone();
                 let task = tokio::spawn(async move {
                     if let Ok(server) = TcpStream::connect(&upstream).await {
                         let _ = server.set_nodelay(true);
@@ -57,6 +62,9 @@ impl Proxy {
                             while let Ok(n) = from_client.read(&mut buf).await {
                                 if n == 0 {
                                     break;
+                                }
+                                while stalled.load(Ordering::Acquire) {
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
                                 }
                                 sent.lock().unwrap().extend_from_slice(&buf[..n]);
                                 if to_server.write_all(&buf[..n]).await.is_err() {
@@ -79,8 +87,14 @@ impl Proxy {
             port,
             links,
             refusing,
+            stalled,
             sent,
         }
+    }
+
+    /// Holds back (`true`) or lets through again everything the clients send.
+    fn stall(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Release);
     }
 
     /// Drops every proxied connection and refuses new ones for `outage`.
@@ -221,6 +235,71 @@ async fn run(proxy: &Proxy, url: &str, n: u32) -> Result<String, String> {
         deliveries,
         deliveries - n as u64
     ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_fail_after_publish_timeout_when_unconfirmed_or_disconnected() {
+    let (base, proxy) = start_proxy().await;
+    let url = format!("{}&publish_timeout_ms=600", proxied_url(&base, &proxy));
+    let result = publish_timeout_case(&proxy, &url).await;
+    let _ = tidings_amqp10::delete_topology(&url).await;
+    let report = result.expect("publish timeout test");
+    println!("{report}");
+}
+
+async fn publish_timeout_case(proxy: &Proxy, url: &str) -> Result<String, String> {
+    const TIMEOUT: Duration = Duration::from_millis(600);
+    let bus = Bus::new(
+        tidings_amqp10::connect(url)
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    bus.emit("timeout.item", &0u32)
+        .await
+        .map_err(|e| e.to_string())?;
+    let timed_out = |what: &str, result: tidings_core::Result<()>, took: Duration| {
+        let error = match result {
+            Ok(()) => return Err(format!("{what}: the publish succeeded")),
+            Err(e) => e.to_string(),
+        };
+        if !error.contains("did not confirm within") {
+            return Err(format!("{what}: unexpected error {error:?}"));
+        }
+        if took < TIMEOUT || took > TIMEOUT + Duration::from_millis(1_000) {
+            return Err(format!(
+                "{what}: failed after {took:?}, not after publish_timeout_ms ({TIMEOUT:?})"
+            ));
+        }
+        Ok(format!("{what}: failed after {took:?}"))
+    };
+
+    // The broker never sees the message (so never confirms it); the connection stays up.
+    proxy.stall(true);
+    let started = Instant::now();
+    let result = bus.emit("timeout.item", &1u32).await;
+    let stalled = timed_out("unconfirmed", result, started.elapsed());
+    proxy.stall(false);
+    let stalled = stalled?;
+
+    // No connection at all for longer than the timeout.
+    let (_, outage) = tokio::join!(proxy.cut(Duration::from_secs(3)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        let result = bus.emit("timeout.item", &2u32).await;
+        timed_out("disconnected", result, started.elapsed())
+    });
+    let outage = outage?;
+
+    // And publishing works again once the broker is back.
+    let mut attempts = 0;
+    while let Err(e) = bus.emit("timeout.item", &3u32).await {
+        attempts += 1;
+        if attempts == 20 {
+            return Err(format!("no publish succeeded after the outage: {e}"));
+        }
+    }
+    let _ = bus.shutdown().await;
+    Ok(format!("{stalled}; {outage}; then published again"))
 }
 
 /// AMQP 1.0 performatives a graceful end or a settlement would send: the described-type
