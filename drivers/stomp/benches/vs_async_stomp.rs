@@ -385,7 +385,7 @@ fn main() {
             if !brokers.is_empty() && !brokers.contains(broker.label()) {
                 continue;
             }
-            let ns = format!("bench-{}", &tidings_core::envelope::new_id()[..8]);
+            let ns = format!("bench-{}", tidings_conformance::support::unique_tag());
             let (mut plain_rates, mut tidings_rates) = (Vec::new(), Vec::new());
             for round in 0..rounds {
                 let ns = format!("{ns}-{round}");

@@ -5,6 +5,13 @@
 //! the broker matched more widely than the tidings pattern (see the dialects), and expired
 //! ones, are acked and skipped here.
 //!
+//! An ACK is written by the task that settles (no hop to the connection task), and those of one
+//! batch of deliveries — the ones already waiting when the consumer asks for the next — go out
+//! in one write: they are held back until the consumer next asks and finds nothing waiting, the
+//! batch reaches 64 deliveries or 1 ms, or the consumer is cancelled (at the latest, 1 s later,
+//! by the connection's own check). Each delivery is still acked individually
+//! (`client-individual`).
+//!
 //! Settling (see `docs/brokers/`): `Ack` is an ACK; `Requeue` and `Retry` give the message
 //! back as the dialect says — NACK, a confirmed copy sent straight to the queue followed by the
 //! ACK of the original, or, for a private queue, the ACK and a local redelivery; `DeadLetter`
@@ -13,6 +20,7 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tidings_core::envelope::now_ms;
 use tidings_core::{
@@ -22,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::dialect::GiveBack;
 use crate::frame::{self, Outgoing};
-use crate::link::{Command, Incoming};
+use crate::link::Incoming;
 use crate::outbox::Outbox;
 use crate::wire;
 
@@ -44,14 +52,19 @@ pub(crate) struct SubContext {
     /// Ack ids handed out and not settled, to give back on cancel (RabbitMQ only).
     pub(crate) outstanding: Option<Mutex<HashSet<(u64, String)>>>,
     pub(crate) cancelled: AtomicBool,
+    /// ACKs are held back (queued, not written) until the consumer's batch ends; see
+    /// [`StompConsumer::next`].
+    pub(crate) held: AtomicBool,
 }
 
 impl SubContext {
     fn ack(&self, generation: u64, id: String) {
         if self.untrack(generation, &id) {
-            self.outbox
-                .link
-                .send_on(generation, Outgoing::Raw(frame::settle("ACK", &id), None));
+            self.outbox.link.settle_on(
+                generation,
+                Outgoing::Raw(frame::settle("ACK", &id), None),
+                &self.held,
+            );
         }
     }
 
@@ -78,7 +91,23 @@ pub(crate) struct StompConsumer {
     /// Whether MESSAGE frames must be acked (false for `auto` subscriptions: inboxes).
     pub(crate) acks: bool,
     pub(crate) done: bool,
+    /// Deliveries handed out since ACKs are held back, and when that began.
+    pub(crate) batch: Batch,
 }
+
+/// The ACKs a consumer holds back: those of one batch of deliveries, so that a single write
+/// sends them all instead of one write (or one wake-up of another task) each.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    size: usize,
+    since: Option<Instant>,
+}
+
+/// A batch is written after this many deliveries...
+const BATCH_SIZE: usize = 64;
+/// ... or this long, whichever comes first (when handlers are slow, an ACK does not wait for
+/// the next ones).
+const BATCH_TIME: Duration = Duration::from_millis(1);
 
 impl std::fmt::Debug for StompConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -89,6 +118,37 @@ impl std::fmt::Debug for StompConsumer {
 }
 
 impl StompConsumer {
+    /// A delivery is handed out: its ACK joins the batch. The batch is written when the
+    /// consumer next finds nothing waiting (before it waits), when it is full or old, and on
+    /// cancel; at the latest by the connection's periodic check (see `Link::settle_on`).
+    fn batch(&mut self) {
+        if !self.acks {
+            return;
+        }
+        let now = Instant::now();
+        if self.batch.size >= BATCH_SIZE
+            || self
+                .batch
+                .since
+                .is_some_and(|t| now.duration_since(t) >= BATCH_TIME)
+        {
+            self.end_batch();
+        }
+        if self.batch.size == 0 {
+            self.ctx.held.store(true, Ordering::Release);
+            self.batch.since = Some(now);
+        }
+        self.batch.size += 1;
+    }
+
+    /// Writes the ACKs held back.
+    fn end_batch(&mut self) {
+        if self.batch.size > 0 {
+            self.batch = Batch::default();
+            self.ctx.outbox.link.release(&self.ctx.held);
+        }
+    }
+
     fn delivery(&self, envelope: Envelope, ack: Option<(u64, String)>) -> Delivery {
         // Shared with the delivery, not cloned: only Retry and DeadLetter need a copy.
         let envelope = Arc::new(envelope);
@@ -135,11 +195,9 @@ impl StompConsumer {
             return;
         }
         self.done = true;
+        self.end_batch();
         let ctx = &self.ctx;
-        let _ = ctx.outbox.link.send(Command::Unsubscribe {
-            id: ctx.id.clone(),
-            receipt: None,
-        });
+        ctx.outbox.link.unsubscribe(&ctx.id);
         ctx.cancelled.store(true, Ordering::Release);
         // RabbitMQ keeps unacked messages of a cancelled subscription until the connection
         // closes: give them back now, both the handed-out ones and those not yet read.
@@ -171,17 +229,22 @@ impl Consumer for StompConsumer {
         // usually has some waiting); a completion holds its delivery, so none is lost.
         loop {
             if let Ok(envelope) = self.local.try_recv() {
+                // A local redelivery (a retry) has no ACK to join the batch: write what is held.
+                self.end_batch();
                 return Completion::ready(Some(self.delivery(envelope, None)));
             }
             match self.wire.try_recv() {
                 Ok(incoming) => {
                     if let Some(delivery) = self.accept(incoming) {
+                        self.batch();
                         return Completion::ready(Some(delivery));
                     }
                 }
                 Err(_) => break,
             }
         }
+        // Nothing waiting: the batch ends here.
+        self.end_batch();
         Completion::later(async move {
             loop {
                 let incoming = tokio::select! {
@@ -192,6 +255,7 @@ impl Consumer for StompConsumer {
                     incoming = self.wire.recv() => incoming?,
                 };
                 if let Some(delivery) = self.accept(incoming) {
+                    self.batch();
                     return Some(delivery);
                 }
             }

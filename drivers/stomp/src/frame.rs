@@ -4,11 +4,12 @@
 //! sent once per message — SEND and ACK — are instead serialized by the caller straight into
 //! bytes ([`RawFrame`]): no header vector, no `ToServer` value, and the body is written from the
 //! envelope's [`Bytes`] without an intermediate `Vec`. The serialization runs in the task that
-//! publishes, not in the connection task, and a SEND re-sent after a reconnect reuses the same
-//! bytes. The connection task only adds the `receipt` header, whose id it allocates.
+//! publishes, and a SEND re-sent after a reconnect reuses the same bytes. The link adds the
+//! `receipt` header, whose id it allocates, as it queues the frame (see `link`).
 //!
-//! On the way in, MESSAGE frames — one per delivery — are split by the driver ([`RawMessage`])
-//! and every other frame is left to async-stomp. async-stomp's parser is private, and the only
+//! On the way in, MESSAGE frames — one per delivery — are split by the driver ([`RawMessage`]),
+//! and so are RECEIPT frames (one per SEND; only their `receipt-id` is read, without a copy);
+//! every other frame is left to async-stomp. async-stomp's parser is private, and the only
 //! thing its codec hands out is an owned [`FromServer::Message`], built by copying every header
 //! twice (once unescaped into `headers`, once raw into `extra_headers`) and the body once: with
 //! the ~14 headers of a tidings message that was most of the client's decoding work. A
@@ -121,12 +122,12 @@ pub(crate) fn settle(command: &str, id: &str) -> RawFrame {
     frame.finish(None)
 }
 
-/// What the connection task writes.
+/// What the link writes.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
     /// A frame async-stomp encodes.
     Stomp(Message<ToServer>),
-    /// A pre-serialized frame, with the receipt id the connection task gave it, if any.
+    /// A pre-serialized frame, with the receipt id the link gave it, if any.
     Raw(RawFrame, Option<String>),
     /// A heart-beat (a bare end-of-line).
     Heartbeat,
@@ -170,8 +171,13 @@ impl Default for Codec {
 pub(crate) enum Inbound {
     /// A MESSAGE frame, split by the driver.
     Message(RawMessage),
-    /// Any other frame (CONNECTED, RECEIPT, ERROR), parsed by async-stomp.
+    /// A RECEIPT frame (one per confirmed SEND), split by the driver: its `receipt-id`, still
+    /// escaped (the driver's ids never need escaping), or empty when it has none.
+    Receipt(Bytes),
+    /// Any other frame (CONNECTED, ERROR), parsed by async-stomp.
     Other(Message<FromServer>),
+    /// End-of-lines and nothing more yet: a heart-beat, which proves the broker alive.
+    Heartbeat,
 }
 
 /// A MESSAGE frame as it was read: its header lines, still escaped, and its body. Both share
@@ -262,8 +268,8 @@ pub(crate) fn unescape(raw: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// Splits one MESSAGE frame off the front of `src` (which starts at its command line): `None`
-/// while it is incomplete.
+/// Splits one MESSAGE (or RECEIPT) frame off the front of `src` (which starts at its command
+/// line): `None` while it is incomplete.
 fn split_message(src: &mut BytesMut, command_end: usize) -> anyhow::Result<Option<RawMessage>> {
     let head_start = command_end + 1;
     let mut at = head_start;
@@ -317,12 +323,24 @@ impl Decoder for Codec {
     type Error = anyhow::Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, Self::Error> {
-        // Leading end-of-lines are heart-beats (or the optional EOL after a frame's NUL).
+        // Leading end-of-lines are heart-beats (or the optional EOL after a frame's NUL). They
+        // are reported when no frame follows yet, so a reader waiting with a deadline for
+        // signs of life sees them.
         let beats = src
             .iter()
             .take_while(|b| matches!(b, b'\n' | b'\r'))
             .count();
         src.advance(beats);
+        match self.decode_frame(src)? {
+            None if beats > 0 => Ok(Some(Inbound::Heartbeat)),
+            frame => Ok(frame),
+        }
+    }
+}
+
+impl Codec {
+    /// Decodes the frame at the start of `src`, if it is complete.
+    fn decode_frame(&mut self, src: &mut BytesMut) -> anyhow::Result<Option<Inbound>> {
         let Some(command_end) = memchr(b'\n', src) else {
             if src.len() > DEFAULT_MAX_FRAME_SIZE {
                 bail!("Frame exceeds the maximum of {DEFAULT_MAX_FRAME_SIZE} bytes");
@@ -330,10 +348,21 @@ impl Decoder for Codec {
             return Ok(None);
         };
         let command = &src[..command_end];
-        if command.strip_suffix(b"\r").unwrap_or(command) != b"MESSAGE" {
-            return Ok(self.inner.decode(src)?.map(Inbound::Other));
-        }
+        let command = command.strip_suffix(b"\r").unwrap_or(command);
+        let receipt = match command {
+            b"MESSAGE" => false,
+            b"RECEIPT" => true,
+            _ => return Ok(self.inner.decode(src)?.map(Inbound::Other)),
+        };
         match split_message(src, command_end)? {
+            Some(frame) if receipt => {
+                let id = frame
+                    .headers()
+                    .find(|(name, _)| *name == b"receipt-id")
+                    .map(|(_, value)| frame.head.slice_ref(value))
+                    .unwrap_or_default();
+                Ok(Some(Inbound::Receipt(id)))
+            }
             Some(message) => Ok(Some(Inbound::Message(message))),
             None if src.len() > DEFAULT_MAX_FRAME_SIZE => {
                 bail!("Frame exceeds the maximum of {DEFAULT_MAX_FRAME_SIZE} bytes")
@@ -410,7 +439,9 @@ mod tests {
         for byte in frames {
             buffer.put_u8(*byte);
             while let Some(frame) = read(&mut codec, &mut buffer) {
-                got.push(frame);
+                if !matches!(frame, Inbound::Heartbeat) {
+                    got.push(frame);
+                }
             }
         }
         assert_eq!(got.len(), 3);
@@ -432,12 +463,24 @@ mod tests {
         );
         assert_eq!(second.subscription_and_ack(), (Some("s2".to_owned()), None));
         assert_eq!(&second.body()[..], b"plain");
+        assert!(matches!(&got[2], Inbound::Receipt(id) if &id[..] == b"r7"));
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn heart_beats_are_reported_when_no_frame_follows() {
+        let mut codec = Codec::default();
+        let mut buffer = BytesMut::from(&b"\n\r\n"[..]);
         assert!(matches!(
-            &got[2],
-            Inbound::Other(Message {
-                content: FromServer::Receipt { receipt_id },
-                ..
-            }) if receipt_id == "r7"
+            read(&mut codec, &mut buffer),
+            Some(Inbound::Heartbeat)
+        ));
+        assert!(read(&mut codec, &mut buffer).is_none());
+        // A frame right behind the end-of-lines is what is reported.
+        buffer.put_slice(b"\nRECEIPT\nreceipt-id:r1\n\n\0");
+        assert!(matches!(
+            read(&mut codec, &mut buffer),
+            Some(Inbound::Receipt(_))
         ));
         assert!(buffer.is_empty());
     }

@@ -1,26 +1,35 @@
-//! The connection to the broker: one supervisor task that owns the socket, reconnects with
-//! backoff, re-subscribes, and matches receipts to the frames that asked for them.
+//! The connection to the broker: one supervisor task that owns the socket's reading half,
+//! reconnects with backoff, re-subscribes, and matches receipts to the frames that asked for them.
 //!
-//! Everything that touches the broker goes through [`Link::send`] as a [`Command`], so frames
-//! leave in the order they were issued and nothing races a reconnect: a command queued while
-//! the connection is down is written on the next one. Frames that only make sense on the
+//! Frames go out through one queue of bytes shared by every handle ([`Link`]) and the
+//! supervisor. Whoever queues a frame also writes it when the socket takes it at once (the
+//! usual case), so a SEND or an ACK costs no hop to another task and no thread wake-up, as in a
+//! program that writes to its socket itself. Only what the socket does not take at once (it is
+//! full, or a write failed) is left to the supervisor, and what is queued while the connection
+//! is down is written on the next one. Frames leave in the order they were queued, and nothing
+//! races a reconnect: queueing, and clearing the queue when a connection ends, happen under one
+//! lock together with registering and failing receipts. Frames that only make sense on the
 //! connection they were issued for (ACK/NACK, whose ids die with it) carry its generation and
-//! are dropped on any other. The supervisor runs a reader and a writer concurrently so a slow
-//! write never stops reading.
+//! are dropped on any other. The supervisor reads concurrently, so a slow write never stops
+//! reading.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use async_stomp::client::Connector;
 use async_stomp::{AckMode, FromServer, Message, ToServer};
+use bytes::{Buf, BytesMut};
 use futures::{SinkExt, StreamExt};
 use tidings_core::{Error, ErrorKind, Result, Status};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio_util::codec::{Encoder, FramedRead, FramedWrite};
 
 use crate::config::Config;
 use crate::frame::{Codec, Inbound, Outgoing, RawMessage};
@@ -74,45 +83,196 @@ impl SubEntry {
     }
 }
 
-/// What the supervisor is asked to do.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// Write a frame; with `receipt`, ask the broker to confirm it. With `generation`, only on
-    /// that connection.
-    Frame {
-        message: Outgoing,
-        receipt: Option<ReceiptTx>,
-        generation: Option<u64>,
-    },
-    /// Start (and keep re-starting after reconnects) a subscription.
-    Subscribe {
-        id: String,
-        entry: SubEntry,
-        receipt: ReceiptTx,
-    },
-    /// Stop a subscription.
-    Unsubscribe {
-        id: String,
-        receipt: Option<ReceiptTx>,
-    },
-    /// Flush, DISCONNECT, stop.
-    Close { done: oneshot::Sender<()> },
-}
+/// The longest a consumer's ACK waits in the queue when the consumer stops asking for
+/// deliveries (see [`Link::settle_on`]).
+const HELD_AT_MOST: Duration = Duration::from_secs(1);
 
-/// A connected broker session: framed halves and negotiated heart-beats.
+/// A connected broker session: the framed reading half, the writing half and negotiated
+/// heart-beats.
 struct Session {
     reader: FramedRead<Box<dyn AsyncRead + Send + Unpin>, Codec>,
-    writer: FramedWrite<Box<dyn AsyncWrite + Send + Unpin>, Codec>,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
     send_every: Option<Duration>,
     expect_every: Option<Duration>,
 }
 
+/// What the handles and the supervisor share.
+struct Shared {
+    out: Mutex<Out>,
+    subs: Mutex<HashMap<String, SubEntry>>,
+    receipts: Mutex<HashMap<String, Waiter>>,
+    next_receipt: AtomicU64,
+    /// Wakes the supervisor's writer: queued bytes the socket did not take at once.
+    kick: Notify,
+}
+
+/// The way out. Locks nest in one order: `out`, then `subs`, then `receipts`.
+struct Out {
+    /// The writing half of the connection that is up.
+    writer: Option<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// The generation of that connection.
+    gen: u64,
+    /// Encoded frames not written yet, oldest first.
+    queue: BytesMut,
+    codec: Codec,
+    /// The supervisor waits for the socket to take more. Only it writes meanwhile: the
+    /// socket keeps one waker for writing, and a caller's write would replace it.
+    blocked: bool,
+    /// A write failed; the supervisor ends the session.
+    failed: Option<String>,
+    /// A caller will write the queue in a moment (see [`Link::request`]): others only queue.
+    armed: bool,
+    /// Something was written since the supervisor's last heart-beat check.
+    wrote: bool,
+    /// Subscriptions made while the connection was down, waiting for the next one to confirm
+    /// them.
+    pending_subs: HashMap<String, ReceiptTx>,
+    /// The link is closed: nothing more is queued.
+    closed: bool,
+}
+
+impl Out {
+    /// Whether a caller may write: the connection is up and the supervisor is not at it.
+    fn writable(&self) -> bool {
+        self.writer.is_some() && !self.blocked && self.failed.is_none()
+    }
+
+    /// Writes what is queued until it is all written (and flushed) or the socket is full.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Some(writer) = self.writer.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        while !self.queue.is_empty() {
+            let n = match Pin::new(&mut *writer).poll_write(cx, &self.queue) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            self.queue.advance(n);
+            self.wrote = true;
+        }
+        // A TLS stream may hold bytes back until flushed; a TCP stream never does.
+        Pin::new(writer).poll_flush(cx)
+    }
+
+    /// Encodes `frame` at the end of the queue.
+    fn queue(&mut self, frame: Outgoing) {
+        if let Err(e) = self.codec.encode(frame, &mut self.queue) {
+            tracing::warn!(error = %e, "a frame could not be encoded; not sent");
+        }
+    }
+}
+
+impl Shared {
+    fn new_receipt(&self) -> String {
+        format!("r{}", self.next_receipt.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Registers who waits for receipt `id`.
+    fn expect(&self, id: String, waiter: Waiter) {
+        lock(&self.receipts).insert(id, waiter);
+    }
+
+    /// Queues `frame` and writes what the socket takes now, in the caller's task; the rest is
+    /// left to the supervisor.
+    fn push(&self, out: &mut Out, frame: Outgoing) {
+        out.queue(frame);
+        self.write_now(out);
+    }
+
+    /// Writes what the socket takes now, in the caller's task; the rest is left to the
+    /// supervisor.
+    fn write_now(&self, out: &mut Out) {
+        if out.queue.is_empty() || !out.writable() {
+            return;
+        }
+        // Nothing waits on this waker: when the socket is full the supervisor is woken, and
+        // it polls the socket with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        match out.poll_write(&mut cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Pending => {
+                out.blocked = true;
+                self.kick.notify_one();
+            }
+            Poll::Ready(Err(e)) => {
+                out.failed = Some(e.to_string());
+                self.kick.notify_one();
+            }
+        }
+    }
+
+    /// Writes everything queued, waiting for the socket as long as it takes (the supervisor's
+    /// writer only).
+    fn poll_flush(&self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), String>> {
+        let mut out = lock(&self.out);
+        if let Some(why) = out.failed.take() {
+            return Poll::Ready(Err(why));
+        }
+        match out.poll_write(cx) {
+            Poll::Ready(Ok(())) => {
+                out.blocked = false;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                out.blocked = true;
+                Poll::Pending
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e.to_string())),
+        }
+    }
+
+    async fn flush(&self) -> std::result::Result<(), String> {
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    /// Forgets the connection that ended: what it did not write is dropped, and every receipt
+    /// still awaited fails with `fail` (a SEND is then re-sent by its caller).
+    fn end_session(&self, fail: &Failure) {
+        let mut out = lock(&self.out);
+        out.writer = None;
+        out.blocked = false;
+        out.failed = None;
+        out.armed = false;
+        out.queue.clear();
+        for (_, waiter) in lock(&self.receipts).drain() {
+            if let Some(tx) = waiter.tx {
+                let _ = tx.send(Err(fail.clone()));
+            }
+        }
+    }
+}
+
+/// Writes the queue when dropped: the caller that armed it is done waiting, or was cancelled.
+struct Flush<'a>(&'a Shared);
+
+impl Drop for Flush<'_> {
+    fn drop(&mut self) {
+        let mut out = lock(&self.0.out);
+        out.armed = false;
+        self.0.write_now(&mut out);
+    }
+}
+
 /// The handle every part of the driver uses to reach the broker. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Link {
-    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    /// Asks the supervisor to close; closed when every handle is gone.
+    closing: mpsc::UnboundedSender<oneshot::Sender<()>>,
     status: watch::Receiver<Status>,
     stop: Arc<watch::Sender<bool>>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Settings of the supervisor that do not change.
@@ -144,24 +304,42 @@ impl std::fmt::Debug for PendingLink {
 impl PendingLink {
     /// Starts the supervisor.
     pub(crate) fn start(self, config: Config, nack_orphans: bool) -> Link {
-        let (commands, rx) = mpsc::unbounded_channel();
-        let generation = Arc::new(AtomicU64::new(0));
+        let (closing, rx) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(Status::Connected);
         let (stop, stop_rx) = watch::channel(false);
         let settings = Settings {
             config,
             nack_orphans,
         };
+        let shared = Arc::new(Shared {
+            out: Mutex::new(Out {
+                writer: None,
+                gen: 0,
+                queue: BytesMut::with_capacity(8 * 1024),
+                codec: Codec::default(),
+                blocked: false,
+                failed: None,
+                armed: false,
+                wrote: false,
+                pending_subs: HashMap::new(),
+                closed: false,
+            }),
+            subs: Mutex::new(HashMap::new()),
+            receipts: Mutex::new(HashMap::new()),
+            next_receipt: AtomicU64::new(0),
+            kick: Notify::new(),
+        });
         tokio::spawn(supervise(
             settings,
+            shared.clone(),
             self.session,
             rx,
-            generation,
             status_tx,
             stop_rx,
         ));
         Link {
-            commands,
+            shared,
+            closing,
             status,
             stop: Arc::new(stop),
         }
@@ -169,18 +347,74 @@ impl PendingLink {
 }
 
 impl Link {
-    /// Queues a command; false once the link is closed.
-    pub(crate) fn send(&self, command: Command) -> bool {
-        self.commands.send(command).is_ok()
+    /// Writes `frame` on connection `generation` only (ACK, NACK); dropped when that
+    /// connection is gone.
+    pub(crate) fn send_on(&self, generation: u64, frame: Outgoing) {
+        let mut out = lock(&self.shared.out);
+        if out.writer.is_some() && out.gen == generation {
+            self.shared.push(&mut out, frame);
+        }
     }
 
-    /// Writes `message` on the current connection only (ACK, NACK).
-    pub(crate) fn send_on(&self, generation: u64, message: Outgoing) {
-        let _ = self.send(Command::Frame {
-            message,
-            receipt: None,
-            generation: Some(generation),
-        });
+    /// Like [`Link::send_on`], but while `held` is set the frame is only queued: the consumer
+    /// that set it writes it with the others of its batch ([`Link::release`]). Anything else
+    /// written on the connection meanwhile takes it along, and so does the supervisor's
+    /// periodic check.
+    pub(crate) fn settle_on(&self, generation: u64, frame: Outgoing, held: &AtomicBool) {
+        let mut out = lock(&self.shared.out);
+        if out.writer.is_some() && out.gen == generation {
+            // Read under the lock, so a concurrent release cannot miss this frame.
+            if held.load(Ordering::Acquire) {
+                out.queue(frame);
+            } else {
+                self.shared.push(&mut out, frame);
+            }
+        }
+    }
+
+    /// Clears `held` and writes what is queued.
+    pub(crate) fn release(&self, held: &AtomicBool) {
+        let mut out = lock(&self.shared.out);
+        held.store(false, Ordering::Release);
+        self.shared.write_now(&mut out);
+    }
+
+    /// Sends `frame` asking for a receipt that `tx` gets; false once the link is closed.
+    ///
+    /// Publishes tend to come in bursts (a batch of receipts frees a window of them), so the
+    /// first caller of a burst yields once before writing: the others — futures of the same
+    /// task, tasks queued on the same thread — add their frames meanwhile, and one write sends
+    /// them all. Neither the caller nor the supervisor is woken for it.
+    async fn send_confirmed(&self, mut frame: Outgoing, tx: ReceiptTx) -> bool {
+        let flush = {
+            let shared = &*self.shared;
+            let mut out = lock(&shared.out);
+            if out.closed {
+                return false;
+            }
+            let id = shared.new_receipt();
+            frame.set_receipt(id.clone());
+            shared.expect(
+                id,
+                Waiter {
+                    tx: Some(tx),
+                    subscription: None,
+                },
+            );
+            out.queue(frame);
+            if out.armed || !out.writable() {
+                // Someone writes it: the caller that armed, or the supervisor.
+                None
+            } else {
+                out.armed = true;
+                Some(Flush(shared))
+            }
+        };
+        if let Some(flush) = flush {
+            tokio::task::yield_now().await;
+            drop(flush);
+        }
+        true
     }
 
     /// Writes a frame built by `make` and waits for the broker's receipt, re-sending after a
@@ -195,11 +429,7 @@ impl Link {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let (tx, rx) = oneshot::channel();
-            if !self.send(Command::Frame {
-                message: make(),
-                receipt: Some(tx),
-                generation: None,
-            }) {
+            if !self.send_confirmed(make(), tx).await {
                 return Err(closed());
             }
             match tokio::time::timeout_at(deadline, rx).await {
@@ -240,7 +470,7 @@ impl Link {
     }
 
     /// Subscribes and waits for the broker to confirm. The subscription is then re-made on
-    /// every reconnect until [`Command::Unsubscribe`].
+    /// every reconnect until [`Link::unsubscribe`].
     pub(crate) async fn subscribe(
         &self,
         id: String,
@@ -249,12 +479,32 @@ impl Link {
     ) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         let destination = entry.destination.clone();
-        if !self.send(Command::Subscribe {
-            id,
-            entry,
-            receipt: tx,
-        }) {
-            return Err(closed());
+        {
+            let shared = &*self.shared;
+            let mut out = lock(&shared.out);
+            if out.closed {
+                return Err(closed());
+            }
+            if out.writer.is_some() {
+                let mut frame = entry.frame(&id);
+                let receipt = shared.new_receipt();
+                frame
+                    .extra_headers
+                    .push((b"receipt".to_vec(), receipt.clone().into_bytes()));
+                lock(&shared.subs).insert(id.clone(), entry);
+                shared.expect(
+                    receipt,
+                    Waiter {
+                        tx: Some(tx),
+                        subscription: Some(id),
+                    },
+                );
+                shared.push(&mut out, Outgoing::Stomp(frame));
+            } else {
+                // The next connection subscribes it, and answers.
+                out.pending_subs.insert(id.clone(), tx);
+                lock(&shared.subs).insert(id, entry);
+            }
         }
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
@@ -272,6 +522,18 @@ impl Link {
         }
     }
 
+    /// Stops a subscription (and stops re-making it).
+    pub(crate) fn unsubscribe(&self, id: &str) {
+        let shared = &*self.shared;
+        let mut out = lock(&shared.out);
+        lock(&shared.subs).remove(id);
+        out.pending_subs.remove(id);
+        if out.writer.is_some() {
+            let frame: Message<ToServer> = ToServer::Unsubscribe { id: id.to_owned() }.into();
+            shared.push(&mut out, Outgoing::Stomp(frame));
+        }
+    }
+
     /// The status watch.
     pub(crate) fn status(&self) -> watch::Receiver<Status> {
         self.status.clone()
@@ -280,7 +542,7 @@ impl Link {
     /// Writes what is queued, disconnects cleanly, stops.
     pub(crate) async fn close(&self) {
         let (done, wait) = oneshot::channel();
-        if self.send(Command::Close { done }) {
+        if self.closing.send(done).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
         }
         self.abort();
@@ -349,18 +611,21 @@ async fn handshake(config: &Config) -> Result<(Session, Option<String>)> {
             .send(Outgoing::Stomp(connector.msg()))
             .await
             .map_err(|e| connection_error(config, &format!("sending CONNECT failed: {e}")))?;
-        let reply = reader
-            .next()
-            .await
-            .ok_or_else(|| connection_error(config, "the broker closed the connection"))?
-            .map_err(|e| connection_error(config, &format!("unreadable reply: {e}")))?;
-        let reply = match reply {
-            Inbound::Other(reply) => reply,
-            Inbound::Message(_) => {
-                return Err(connection_error(
-                    config,
-                    "expected CONNECTED, got a MESSAGE",
-                ))
+        let reply = loop {
+            let reply = reader
+                .next()
+                .await
+                .ok_or_else(|| connection_error(config, "the broker closed the connection"))?
+                .map_err(|e| connection_error(config, &format!("unreadable reply: {e}")))?;
+            match reply {
+                Inbound::Other(reply) => break reply,
+                Inbound::Heartbeat => continue,
+                Inbound::Message(_) | Inbound::Receipt(_) => {
+                    return Err(connection_error(
+                        config,
+                        "expected CONNECTED, got a MESSAGE or RECEIPT",
+                    ))
+                }
             }
         };
         match reply.content {
@@ -387,7 +652,7 @@ async fn handshake(config: &Config) -> Result<(Session, Option<String>)> {
                 Ok((
                     Session {
                         reader,
-                        writer,
+                        writer: writer.into_inner(),
                         send_every: agree(ours, sy),
                         expect_every: agree(sx, ours),
                     },
@@ -426,26 +691,21 @@ struct Waiter {
     subscription: Option<String>,
 }
 
-type Subs = Mutex<HashMap<String, SubEntry>>;
-type Receipts = Mutex<HashMap<String, Waiter>>;
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn supervise(
     settings: Settings,
+    shared: Arc<Shared>,
     first: Session,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    generation: Arc<AtomicU64>,
+    mut closing: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     status: watch::Sender<Status>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let subs: Subs = Mutex::new(HashMap::new());
-    let receipts: Receipts = Mutex::new(HashMap::new());
-    let next_receipt = AtomicU64::new(0);
     let mut session = Some(first);
     let mut backoff = Duration::from_millis(50);
+    let mut gen = 0;
     loop {
         let current = match session.take() {
             Some(s) => s,
@@ -469,114 +729,104 @@ async fn supervise(
             }
         };
         backoff = Duration::from_millis(50);
-        let gen = generation.fetch_add(1, Ordering::AcqRel) + 1;
+        gen += 1;
         let ended = run_session(
             &settings,
+            &shared,
             current,
             gen,
-            &mut commands,
-            &subs,
-            &receipts,
-            &next_receipt,
+            &mut closing,
             &status,
             &mut stop,
         )
         .await;
         // Anything sent on that connection and not confirmed may be lost.
-        generation.fetch_add(1, Ordering::AcqRel);
-        let fail = match ended {
+        shared.end_session(&match ended {
             Ended::Lost(_) => Failure::Lost,
             Ended::Closed | Ended::Aborted => Failure::Closed,
-        };
-        for (_, waiter) in lock(&receipts).drain() {
-            if let Some(tx) = waiter.tx {
-                let _ = tx.send(Err(fail.clone()));
-            }
-        }
+        });
         match ended {
             Ended::Lost(why) => {
                 tracing::warn!(reason = %why, "stomp connection lost; reconnecting");
+
                 status.send_replace(Status::Reconnecting);
             }
             Ended::Closed | Ended::Aborted => break,
         }
     }
     status.send_replace(Status::Closed);
-    // Dropping the delivery senders ends every consumer.
-    lock(&subs).clear();
-    commands.close();
-    while let Ok(command) = commands.try_recv() {
-        match command {
-            Command::Frame {
-                receipt: Some(tx), ..
-            }
-            | Command::Subscribe { receipt: tx, .. }
-            | Command::Unsubscribe {
-                receipt: Some(tx), ..
-            } => {
+    {
+        let mut out = lock(&shared.out);
+        out.closed = true;
+        out.writer = None;
+        out.queue.clear();
+        for (_, tx) in out.pending_subs.drain() {
+            let _ = tx.send(Err(Failure::Closed));
+        }
+        // Dropping the delivery senders ends every consumer.
+        lock(&shared.subs).clear();
+        for (_, waiter) in lock(&shared.receipts).drain() {
+            if let Some(tx) = waiter.tx {
                 let _ = tx.send(Err(Failure::Closed));
             }
-            Command::Close { done } => {
-                let _ = done.send(());
-            }
-            _ => {}
         }
+    }
+    closing.close();
+    while let Ok(done) = closing.try_recv() {
+        let _ = done.send(());
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_session(
     settings: &Settings,
+    shared: &Shared,
     session: Session,
     gen: u64,
-    commands: &mut mpsc::UnboundedReceiver<Command>,
-    subs: &Subs,
-    receipts: &Receipts,
-    next_receipt: &AtomicU64,
+    closing: &mut mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     status: &watch::Sender<Status>,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
     let Session {
         mut reader,
-        mut writer,
+        writer,
         send_every,
         expect_every,
     } = session;
-    let new_receipt = || format!("r{}", next_receipt.fetch_add(1, Ordering::Relaxed));
-    // Asks for a RECEIPT on a control frame and registers who waits for it.
-    let request_receipt = |frame: &mut Message<ToServer>, waiter: Waiter| {
-        let id = new_receipt();
-        frame
-            .extra_headers
-            .push((b"receipt".to_vec(), id.clone().into_bytes()));
-        lock(receipts).insert(id, waiter);
-    };
 
-    // Re-subscribe everything that lived on the previous connection.
-    let frames: Vec<Message<ToServer>> = lock(subs)
-        .iter()
-        .map(|(id, entry)| {
+    // Re-subscribe everything that lived on the previous connection (or was subscribed while
+    // it was down), ahead of what was queued meanwhile.
+    {
+        let mut out = lock(&shared.out);
+        let queued = std::mem::take(&mut out.queue);
+        let mut frames = Vec::new();
+        for (id, entry) in lock(&shared.subs).iter() {
             let mut frame = entry.frame(id);
-            request_receipt(
-                &mut frame,
-                Waiter {
-                    tx: None,
-                    subscription: Some(id.clone()),
-                },
-            );
+            let receipt = shared.new_receipt();
             frame
-        })
-        .collect();
-    for frame in frames {
-        if let Err(e) = writer.feed(Outgoing::Stomp(frame)).await {
-            return Ended::Lost(format!("re-subscribing failed: {e}"));
+                .extra_headers
+                .push((b"receipt".to_vec(), receipt.clone().into_bytes()));
+            let waiter = Waiter {
+                tx: out.pending_subs.remove(id),
+                subscription: Some(id.clone()),
+            };
+            frames.push((frame, receipt, waiter));
         }
+        for (frame, receipt, waiter) in frames {
+            shared.expect(receipt, waiter);
+            out.queue(Outgoing::Stomp(frame));
+        }
+        out.queue.extend_from_slice(&queued);
+        out.writer = Some(writer);
+        out.gen = gen;
+        // Written by the supervisor, below, before any caller writes.
+        out.blocked = true;
     }
-    if let Err(e) = SinkExt::<Outgoing>::flush(&mut writer).await {
+    if let Err(e) = shared.flush().await {
         return Ended::Lost(format!("re-subscribing failed: {e}"));
     }
     status.send_replace(Status::Connected);
     let (orphans_tx, mut orphans) = mpsc::unbounded_channel::<String>();
+    let disconnecting = AtomicBool::new(false);
 
     let reading = async {
         loop {
@@ -594,13 +844,18 @@ async fn run_session(
                 None => reader.next().await,
             };
             let message = match next {
+                // After DISCONNECT the broker closes the connection: that is the end asked for,
+                // not a loss to reconnect after.
+                None | Some(Err(_)) if disconnecting.load(Ordering::Acquire) => {
+                    return Ended::Closed
+                }
                 None => return Ended::Lost("the broker closed the connection".into()),
                 Some(Err(e)) => return Ended::Lost(format!("unreadable frame: {e}")),
                 Some(Ok(Inbound::Message(message))) => {
                     let (subscription, ack) = message.subscription_and_ack();
                     let subscription = subscription.unwrap_or_default();
                     let orphan = {
-                        let subs = lock(subs);
+                        let subs = lock(&shared.subs);
                         match subs.get(&subscription) {
                             Some(entry) => {
                                 let _ = entry.deliver.send(Incoming {
@@ -618,16 +873,27 @@ async fn run_session(
                     }
                     continue;
                 }
+                Some(Ok(Inbound::Receipt(id))) => {
+                    let waiter = std::str::from_utf8(&id)
+                        .ok()
+                        .and_then(|id| lock(&shared.receipts).remove(id));
+                    if let Some(tx) = waiter.and_then(|w| w.tx) {
+                        let _ = tx.send(Ok(()));
+                    }
+                    continue;
+                }
+                // Only a sign of life (it restarts the deadline above).
+                Some(Ok(Inbound::Heartbeat)) => continue,
                 Some(Ok(Inbound::Other(m))) => m,
             };
             match message.content {
                 // Never: the codec splits MESSAGE frames itself (above).
                 FromServer::Message { .. } => {}
+                // Not expected either (the codec splits RECEIPT frames too), but harmless.
                 FromServer::Receipt { receipt_id } => {
-                    if let Some(waiter) = lock(receipts).remove(&receipt_id) {
-                        if let Some(tx) = waiter.tx {
-                            let _ = tx.send(Ok(()));
-                        }
+                    let waiter = lock(&shared.receipts).remove(&receipt_id);
+                    if let Some(tx) = waiter.and_then(|w| w.tx) {
+                        let _ = tx.send(Ok(()));
                     }
                 }
                 FromServer::Error {
@@ -644,10 +910,11 @@ async fn run_session(
                         .iter()
                         .find(|(k, _)| k == b"receipt-id")
                         .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-                    if let Some(waiter) = about.and_then(|r| lock(receipts).remove(&r)) {
+                    let waiter = about.and_then(|r| lock(&shared.receipts).remove(&r));
+                    if let Some(waiter) = waiter {
                         if let Some(id) = waiter.subscription {
                             // Never re-subscribe what the broker refused.
-                            lock(subs).remove(&id);
+                            lock(&shared.subs).remove(&id);
                         }
                         if let Some(tx) = waiter.tx {
                             let _ = tx.send(Err(Failure::Broker(text.clone())));
@@ -660,119 +927,62 @@ async fn run_session(
         }
     };
     let writing = async {
-        let mut closing: Option<oneshot::Sender<()>> = None;
+        // Every tick writes what a consumer holds back (see `Link::settle_on`), and a
+        // heart-beat when nothing was written for half the agreed interval: the broker hears
+        // from us at least every three quarters of it, with room for a late timer.
+        let tick = send_every.map_or(HELD_AT_MOST, |every| (every / 4).min(HELD_AT_MOST));
+        let mut quiet = Duration::ZERO;
         loop {
-            let first = tokio::select! {
-                c = commands.recv() => match c {
-                    Some(c) => c,
-                    // Every handle is gone: nobody can use this connection any more.
-                    None => return Ended::Closed,
-                },
-                Some(id) = orphans.recv() => Command::Frame {
-                    message: Outgoing::Raw(crate::frame::settle("NACK", &id), None),
-                    receipt: None,
-                    generation: Some(gen),
-                },
-                _ = idle(send_every) => {
-                    if let Err(e) = writer.send(Outgoing::Heartbeat).await {
-                        return Ended::Lost(format!("sending a heart-beat failed: {e}"));
-                    }
-                    continue;
-                }
-            };
-            let mut batch = 0;
-            let mut next = Some(first);
-            while let Some(command) = next.take() {
-                let frame = match command {
-                    Command::Frame {
-                        mut message,
-                        receipt,
-                        generation,
-                    } => {
-                        if generation.is_some_and(|g| g != gen) {
-                            None
-                        } else {
-                            if let Some(tx) = receipt {
-                                let id = new_receipt();
-                                message.set_receipt(id.clone());
-                                lock(receipts).insert(
-                                    id,
-                                    Waiter {
-                                        tx: Some(tx),
-                                        subscription: None,
-                                    },
-                                );
-                            }
-                            Some(message)
-                        }
-                    }
-                    Command::Subscribe { id, entry, receipt } => {
-                        let mut message = entry.frame(&id);
-                        request_receipt(
-                            &mut message,
+            tokio::select! {
+                done = closing.recv() => {
+                    // Every handle gone (`None`): nobody can use this connection any more.
+                    let Some(done) = done else { return Ended::Closed };
+                    // DISCONNECT with a receipt, after everything queued: once it comes back,
+                    // everything before it was processed by the broker.
+                    let (tx, rx) = oneshot::channel();
+                    {
+                        let mut out = lock(&shared.out);
+                        shared.expect(
+                            "bye".into(),
                             Waiter {
-                                tx: Some(receipt),
-                                subscription: Some(id.clone()),
+                                tx: Some(tx),
+                                subscription: None,
                             },
                         );
-                        lock(subs).insert(id, entry);
-                        Some(Outgoing::Stomp(message))
-                    }
-                    Command::Unsubscribe { id, receipt } => {
-                        lock(subs).remove(&id);
-                        let mut message: Message<ToServer> = ToServer::Unsubscribe { id }.into();
-                        if let Some(tx) = receipt {
-                            request_receipt(
-                                &mut message,
-                                Waiter {
-                                    tx: Some(tx),
-                                    subscription: None,
-                                },
-                            );
+                        let bye: Message<ToServer> = ToServer::Disconnect {
+                            receipt: Some("bye".into()),
                         }
-                        Some(Outgoing::Stomp(message))
+                        .into();
+                        out.queue(Outgoing::Stomp(bye));
                     }
-                    Command::Close { done } => {
-                        closing = Some(done);
-                        None
+                    disconnecting.store(true, Ordering::Release);
+                    if shared.flush().await.is_ok() {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
                     }
-                };
-                if let Some(frame) = frame {
-                    if let Err(e) = writer.feed(frame).await {
-                        return Ended::Lost(format!("writing to the broker failed: {e}"));
-                    }
+                    let _ = done.send(());
+                    return Ended::Closed;
                 }
-                if closing.is_some() {
-                    break;
+                Some(id) = orphans.recv() => {
+                    let mut out = lock(&shared.out);
+                    out.queue(Outgoing::Raw(crate::frame::settle("NACK", &id), None));
                 }
-                batch += 1;
-                if batch < 128 {
-                    next = commands.try_recv().ok();
+                () = shared.kick.notified() => {}
+                () = tokio::time::sleep(tick) => {
+                    let mut out = lock(&shared.out);
+                    quiet = if std::mem::take(&mut out.wrote) {
+                        Duration::ZERO
+                    } else {
+                        quiet + tick
+                    };
+                    let due = send_every.is_some_and(|every| quiet >= every / 2);
+                    if due && out.queue.is_empty() {
+                        out.queue(Outgoing::Heartbeat);
+                        quiet = Duration::ZERO;
+                    }
                 }
             }
-            if let Err(e) = SinkExt::<Outgoing>::flush(&mut writer).await {
+            if let Err(e) = shared.flush().await {
                 return Ended::Lost(format!("writing to the broker failed: {e}"));
-            }
-            if let Some(done) = closing.take() {
-                // DISCONNECT with a receipt: once it comes back, everything before it was
-                // processed by the broker.
-                let (tx, rx) = oneshot::channel();
-                lock(receipts).insert(
-                    "bye".into(),
-                    Waiter {
-                        tx: Some(tx),
-                        subscription: None,
-                    },
-                );
-                let bye: Message<ToServer> = ToServer::Disconnect {
-                    receipt: Some("bye".into()),
-                }
-                .into();
-                if writer.send(Outgoing::Stomp(bye)).await.is_ok() {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
-                }
-                let _ = done.send(());
-                return Ended::Closed;
             }
         }
     };
@@ -780,14 +990,5 @@ async fn run_session(
         ended = reading => ended,
         ended = writing => ended,
         _ = stop.wait_for(|s| *s) => Ended::Aborted,
-    }
-}
-
-/// Resolves after `every` (never when heart-beats are off): the writer then sends one. Any
-/// frame written resets it, since the select restarts it.
-async fn idle(every: Option<Duration>) {
-    match every {
-        Some(every) => tokio::time::sleep(every).await,
-        None => std::future::pending().await,
     }
 }

@@ -121,6 +121,7 @@ impl StompProvider {
             outstanding: (acks && self.kind == DialectKind::RabbitMq)
                 .then(|| Mutex::new(HashSet::new())),
             cancelled: AtomicBool::new(false),
+            held: AtomicBool::new(false),
         });
         self.outbox
             .link
@@ -132,6 +133,7 @@ impl StompProvider {
             local,
             acks,
             done: false,
+            batch: Default::default(),
         }))
     }
 }

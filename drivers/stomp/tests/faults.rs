@@ -6,6 +6,9 @@
 //! RabbitMQ and ActiveMQ, and touches no shared broker state (other suites use the same
 //! brokers). The two cases run one after the other (one `#[test]` each, `--test-threads=1` is
 //! not needed: they use separate proxies and namespaces).
+//!
+//! And the opposite: a connection with heart-beats on that carries nothing for several
+//! heart-beat intervals stays up (the broker's heart-beats count as signs of life).
 
 mod common;
 
@@ -100,7 +103,7 @@ async fn connection_cut_while_10k_flow_to_a_group(broker: Broker) {
     let (_, upstream) = through(&broker.url(), 0);
     let proxy = Proxy::start(upstream).await;
     let (proxied, _) = through(&broker.url(), proxy.port);
-    let namespace = format!("fault-{}", &tidings_core::envelope::new_id()[..8]);
+    let namespace = format!("fault-{}", tidings_conformance::support::unique_tag());
     let url = common::with_options(&proxied, &format!("exchange={namespace}&heartbeat_ms=2000"));
     let group = format!("{namespace}.workers");
 
@@ -213,6 +216,69 @@ async fn connection_cut_while_10k_flow_to_a_group(broker: Broker) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_connection_cut_while_10k_flow_to_a_group() {
     connection_cut_while_10k_flow_to_a_group(Broker::RabbitMq).await;
+}
+
+/// Idle for more than twice the reader's deadline (twice the heart-beat interval; 2 s is
+/// lenient enough for a broker busy with the other test), then used: the connection must never
+/// have been dropped.
+async fn idle_connection_with_heart_beats_stays_up(broker: Broker) {
+    // Not `fault-<id>`: the ids of one process share their first characters, and the cut
+    // test deletes `fault-<id>.*` when it ends.
+    let namespace = format!("fault-idle-{}", tidings_conformance::support::unique_tag());
+    let url = broker.url_in(&namespace, "&heartbeat_ms=2000");
+    let bus = Bus::new(tidings_stomp::connect(&url).await.expect("connect"));
+    let (tx, mut got) = tokio::sync::mpsc::unbounded_channel();
+    bus.subscribe::<Note>("idle.x")
+        .handle(move |note: Note| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(note.n);
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribe");
+    let mut status = bus.status();
+    let seen: Arc<Mutex<Vec<Status>>> = Arc::default();
+    let watcher = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while status.changed().await.is_ok() {
+                seen.lock().unwrap().push(*status.borrow_and_update());
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    bus.emit("idle.x", &Note::new(7)).await.expect("publish");
+    let n = tokio::time::timeout(Duration::from_secs(5), got.recv()).await;
+    // Taken before shutting down, which ends in Closed.
+    let seen = seen.lock().unwrap().clone();
+    watcher.abort();
+    let _ = bus.shutdown().await;
+    tokio::task::spawn_blocking(move || common::admin::purge(broker, &[namespace]))
+        .await
+        .expect("cleanup task");
+    assert_eq!(
+        n.ok().flatten(),
+        Some(7),
+        "{}: the message after the pause",
+        broker.label()
+    );
+    assert!(
+        !seen.contains(&Status::Reconnecting),
+        "{}: an idle connection was dropped: {seen:?}",
+        broker.label()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_idle_connection_with_heart_beats_stays_up() {
+    idle_connection_with_heart_beats_stays_up(Broker::RabbitMq).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activemq_idle_connection_with_heart_beats_stays_up() {
+    idle_connection_with_heart_beats_stays_up(Broker::ActiveMq).await;
 }
 
 /// Deletes the idle `tc-` (conformance), `fault-` and (ActiveMQ) `bench-` queues earlier runs of the stomp
