@@ -34,6 +34,13 @@ impl Note {
     }
 }
 
+/// A short tag for names that must not collide: unique within this process and, very likely,
+/// across processes (the second half of the process's random id prefix and a counter; the
+/// first half of [`new_id`](tidings_core::envelope::new_id) alone repeats within a process).
+pub fn unique_tag() -> String {
+    tidings_core::envelope::new_id()[8..].replace('-', "")
+}
+
 /// A fresh namespace for `case`: unique per run, one routing-key word.
 pub fn namespace(case: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

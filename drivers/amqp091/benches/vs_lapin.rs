@@ -49,7 +49,7 @@ fn arg(name: &str, default: usize) -> usize {
 }
 
 fn tag() -> String {
-    tidings_core::envelope::new_id()[..8].to_owned()
+    tidings_conformance::support::unique_tag()
 }
 
 /// Messages per second through tidings.

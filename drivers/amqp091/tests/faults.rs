@@ -31,8 +31,10 @@ async fn bus(exchange: &str) -> Bus {
 }
 
 fn exchange(test: &str) -> String {
-    let id = tidings_core::envelope::new_id();
-    format!("fault-{test}-{}", &id[..8])
+    format!(
+        "fault-{test}-{}",
+        tidings_conformance::support::unique_tag()
+    )
 }
 
 /// Deletes the exchange and its queues when the test ends, even when it fails.
