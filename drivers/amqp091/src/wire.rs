@@ -56,7 +56,11 @@ pub(crate) fn encode(envelope: &Envelope, direct: bool) -> Result<BasicPropertie
             AMQPValue::LongString(LongString::from(value.as_bytes())),
         );
     }
-    headers.insert(ATTEMPT.into(), AMQPValue::LongUInt(envelope.attempt));
+    // Fields at their default stay off the wire (the broker parses every header of a message
+    // it must look into, such as an RPC request): no attempt means 1.
+    if envelope.attempt > 1 {
+        headers.insert(ATTEMPT.into(), AMQPValue::LongUInt(envelope.attempt));
+    }
     headers.insert(
         TIMESTAMP_MS.into(),
         AMQPValue::LongLongInt(envelope.timestamp_ms.min(i64::MAX as u64) as i64),
@@ -72,11 +76,15 @@ pub(crate) fn encode(envelope: &Envelope, direct: bool) -> Result<BasicPropertie
         .with_message_id(short("message id", &envelope.id)?)
         .with_timestamp(envelope.timestamp_ms / 1000);
     if let Some(ttl) = envelope.ttl {
-        headers.insert(
-            TTL_NS.into(),
-            AMQPValue::LongLongInt(ttl.as_nanos().min(i64::MAX as u128) as i64),
-        );
-        properties = properties.with_expiration(expiration(envelope, ttl).into());
+        let left_ms = expiration_ms(envelope, ttl);
+        // The exact TTL travels only when the expiration does not already say it.
+        if Duration::from_millis(left_ms) != ttl {
+            headers.insert(
+                TTL_NS.into(),
+                AMQPValue::LongLongInt(ttl.as_nanos().min(i64::MAX as u128) as i64),
+            );
+        }
+        properties = properties.with_expiration(left_ms.to_string().into());
     }
     if direct {
         headers.insert(
@@ -104,17 +112,16 @@ pub(crate) fn encode(envelope: &Envelope, direct: bool) -> Result<BasicPropertie
 
 /// The expiration property: the milliseconds the message has left, counted from its original
 /// publish time, so a retried copy does not live longer than the original would have.
-fn expiration(envelope: &Envelope, ttl: Duration) -> String {
+fn expiration_ms(envelope: &Envelope, ttl: Duration) -> u64 {
     let ttl_ms = ttl.as_nanos().div_ceil(1_000_000).min(u64::MAX as u128) as u64;
     let expires_at = envelope.timestamp_ms.saturating_add(ttl_ms);
     let now = now_ms();
     // A fresh publish uses the whole TTL even if the clock moved a little since `timestamp_ms`.
-    let left = if envelope.attempt <= 1 && now.saturating_sub(envelope.timestamp_ms) < 1000 {
+    if envelope.attempt <= 1 && now.saturating_sub(envelope.timestamp_ms) < 1000 {
         ttl_ms
     } else {
         expires_at.saturating_sub(now)
-    };
-    left.to_string()
+    }
 }
 
 /// The envelope of a received message. `redelivered` (the broker's flag: the message was
@@ -248,6 +255,27 @@ mod tests {
         assert_eq!(decode(&props, &e.routing_key, false, e.body.clone()), e);
         let props = encode(&e, true).unwrap();
         assert_eq!(decode(&props, "queue.name", false, e.body.clone()), e);
+    }
+
+    #[test]
+    fn defaults_stay_off_the_wire() {
+        let mut e = Envelope::new("a.b", "application/json", Bytes::from_static(b"1"));
+        e.ttl = Some(Duration::from_secs(30));
+        let props = encode(&e, false).unwrap();
+        let table = props.headers().as_ref().unwrap();
+        assert!(!table.contains_key(ATTEMPT), "attempt 1 is the default");
+        assert!(
+            !table.contains_key(TTL_NS),
+            "the expiration says 30000 ms exactly"
+        );
+        assert_eq!(props.expiration().as_ref().unwrap().as_str(), "30000");
+        assert_eq!(decode(&props, "a.b", false, e.body.clone()), e);
+        // What earlier versions sent decodes the same.
+        let mut table = table.clone();
+        table.insert(ATTEMPT.into(), AMQPValue::LongUInt(1));
+        table.insert(TTL_NS.into(), AMQPValue::LongLongInt(30_000_000_000));
+        let old = props.with_headers(table);
+        assert_eq!(decode(&old, "a.b", false, e.body.clone()), e);
     }
 
     #[test]
