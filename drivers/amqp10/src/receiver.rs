@@ -3,7 +3,7 @@
 //! re-declaring its queues first. Link credit is the subscription's prefetch.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -187,7 +187,9 @@ async fn run(
             spec: spec.clone(),
             pool: pool.clone(),
             credit: Credit::default(),
+            acks: Mutex::new(Vec::new()),
         });
+        let mut batch = Vec::new();
         // Registered once per link, not once per message.
         let lost = live.lost.cancelled();
         let stopped = stop.cancelled();
@@ -196,6 +198,11 @@ async fn run(
         let mut close = false;
         loop {
             if receiver.credit() == 0 {
+                // Pending accepts count as unsettled until sent.
+                if !link.flush_acks(&receiver, &mut batch).await {
+                    shared.report_broken(live.generation);
+                    break;
+                }
                 let free = spec
                     .credit
                     .max(1)
@@ -227,6 +234,14 @@ async fn run(
             let received = tokio::select! {
                 biased;
                 r = receiver.recv::<Body<Value>>() => r,
+                // Nothing to receive right now: send the accepts gathered meanwhile.
+                _ = link.credit.settled.notified() => {
+                    if link.flush_acks(&receiver, &mut batch).await {
+                        continue;
+                    }
+                    shared.report_broken(live.generation);
+                    break;
+                }
                 _ = &mut lost => break,
                 _ = &mut stopped => { close = true; break }
                 _ = &mut gone => { close = true; break }
@@ -261,6 +276,9 @@ async fn run(
             }
         }
         if close {
+            // Handlers that acked before the consumer was cancelled or dropped: settled
+            // before the link closes (and so before `Consumer::cancel` returns).
+            let _ = link.flush_acks(&receiver, &mut batch).await;
             let _ = tokio::time::timeout(Duration::from_secs(2), receiver.close()).await;
             return;
         }
@@ -303,6 +321,10 @@ struct LinkSettle {
     spec: Arc<ReceiverSpec>,
     pool: Arc<SenderPool>,
     credit: Credit,
+    /// Plain accepts not sent yet: the link task sends them as range dispositions (one
+    /// frame per run of consecutive delivery ids) whenever it has nothing to receive, before
+    /// granting credit, and before closing the link.
+    acks: Mutex<Vec<DeliveryInfo>>,
 }
 
 impl LinkSettle {
@@ -310,6 +332,30 @@ impl LinkSettle {
     fn release_credit(&self) {
         self.credit.unsettled.fetch_sub(1, Ordering::AcqRel);
         self.credit.settled.notify_one();
+    }
+
+    /// A plain accept, queued for the link task (which counts it settled once sent).
+    fn queue_accept(&self, info: DeliveryInfo) {
+        self.acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(info);
+        self.credit.settled.notify_one();
+    }
+
+    /// Sends the queued accepts; `false` if the link failed (the broker then redelivers).
+    async fn flush_acks(&self, receiver: &Receiver, batch: &mut Vec<DeliveryInfo>) -> bool {
+        std::mem::swap(
+            &mut *self.acks.lock().unwrap_or_else(|e| e.into_inner()),
+            batch,
+        );
+        if batch.is_empty() {
+            return true;
+        }
+        let sent = batch.len() as u32;
+        let result = receiver.accept_all(batch.drain(..)).await;
+        self.credit.unsettled.fetch_sub(sent, Ordering::AcqRel);
+        result.is_ok()
     }
 }
 
@@ -340,9 +386,10 @@ impl AmqpSettle {
 impl Settle for AmqpSettle {
     fn settle(self: Box<Self>, outcome: Outcome) -> Completion<'static, Result<()>> {
         if outcome == Outcome::Ack {
-            // The common case, boxed on its own: the future below holds a whole send, several
-            // kilobytes that every ack would otherwise allocate and move.
-            return Completion::later(self.accept());
+            // The common case: queued for the link task, which sends it promptly, with the
+            // other accepts settled meanwhile, in one disposition per range of delivery ids.
+            self.link.queue_accept(self.info);
+            return Completion::ready(Ok(()));
         }
         Completion::later(async move {
             let spec = &self.link.spec;
