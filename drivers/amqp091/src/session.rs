@@ -240,9 +240,18 @@ impl Session {
         properties: BasicProperties,
     ) -> lapin::Result<Sent> {
         if mandatory || replies.is_some() {
-            let i = self.next_mandatory.fetch_add(1, Ordering::Relaxed) % self.mandatory.len();
-            // Held until the confirm arrives: one publish in flight on this channel.
-            let mut slot = self.mandatory[i].lock().await;
+            // Held until the confirm arrives: one publish in flight on this channel. The first
+            // free channel, so that one caller at a time keeps using one channel (and the
+            // broker's process behind it) instead of waking the next one each time.
+            let free = self.mandatory.iter().find_map(|slot| slot.try_lock().ok());
+            let mut slot = match free {
+                Some(slot) => slot,
+                None => {
+                    let i =
+                        self.next_mandatory.fetch_add(1, Ordering::Relaxed) % self.mandatory.len();
+                    self.mandatory[i].lock().await
+                }
+            };
             let channel = slot.ready(&self.connection, replies).await?;
             let options = BasicPublishOptions {
                 mandatory,
