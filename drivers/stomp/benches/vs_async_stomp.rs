@@ -87,6 +87,12 @@ async fn plain_connect(broker: Broker) -> async_stomp::client::ClientTransport {
         .expect("plain async-stomp connect")
 }
 
+/// `BENCH_PLAIN_METADATA=1`: the plain SENDs carry the headers a tidings envelope adds, so the
+/// broker's share of the difference shows.
+fn plain_metadata() -> bool {
+    std::env::var_os("BENCH_PLAIN_METADATA").is_some()
+}
+
 fn send(destination: &str, body: Vec<u8>, persistent: bool, receipt: String) -> Message<ToServer> {
     let mut headers = vec![
         ("content-length".to_owned(), body.len().to_string()),
@@ -94,6 +100,19 @@ fn send(destination: &str, body: Vec<u8>, persistent: bool, receipt: String) -> 
     ];
     if persistent {
         headers.push(("persistent".to_owned(), "true".to_owned()));
+    }
+    if plain_metadata() {
+        // What a tidings envelope adds to a SEND (see docs/wire-format-stomp.md).
+        for (name, value) in [
+            ("tidings-id", "0123456789abcdef-1f2e"),
+            ("tidings-key", "bench.item"),
+            ("tidings-content-type", "application/postcard"),
+            ("tidings-ts", "1763880000000"),
+            ("tidings-event", "bench"),
+            ("tidings-emitter", "host.bench.1234"),
+        ] {
+            headers.push((name.to_owned(), value.to_owned()));
+        }
     }
     ToServer::Send {
         destination: destination.to_owned(),
