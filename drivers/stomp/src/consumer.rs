@@ -213,10 +213,13 @@ impl StompConsumer {
                     pending.push((incoming.generation, id));
                 }
             }
+            // The batch ended above, so nothing holds these back.
             for (generation, id) in pending {
-                ctx.outbox
-                    .link
-                    .send_on(generation, Outgoing::Raw(frame::settle("NACK", &id), None));
+                ctx.outbox.link.settle_on(
+                    generation,
+                    Outgoing::Raw(frame::settle("NACK", &id), None),
+                    &ctx.held,
+                );
             }
         }
     }

@@ -347,19 +347,10 @@ impl PendingLink {
 }
 
 impl Link {
-    /// Writes `frame` on connection `generation` only (ACK, NACK); dropped when that
-    /// connection is gone.
-    pub(crate) fn send_on(&self, generation: u64, frame: Outgoing) {
-        let mut out = lock(&self.shared.out);
-        if out.writer.is_some() && out.gen == generation {
-            self.shared.push(&mut out, frame);
-        }
-    }
-
-    /// Like [`Link::send_on`], but while `held` is set the frame is only queued: the consumer
-    /// that set it writes it with the others of its batch ([`Link::release`]). Anything else
-    /// written on the connection meanwhile takes it along, and so does the supervisor's
-    /// periodic check.
+    /// Writes a settling frame (ACK, NACK) on connection `generation` only; dropped when that
+    /// connection is gone. While `held` is set the frame is only queued: the consumer that set
+    /// it writes it with the others of its batch ([`Link::release`]). Anything else written on
+    /// the connection meanwhile takes it along, and so does the supervisor's periodic check.
     pub(crate) fn settle_on(&self, generation: u64, frame: Outgoing, held: &AtomicBool) {
         let mut out = lock(&self.shared.out);
         if out.writer.is_some() && out.gen == generation {
