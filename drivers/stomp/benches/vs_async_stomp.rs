@@ -102,11 +102,10 @@ fn send(destination: &str, body: Vec<u8>, persistent: bool, receipt: String) -> 
         headers.push(("persistent".to_owned(), "true".to_owned()));
     }
     if plain_metadata() {
-        // What a tidings envelope adds to a SEND (see docs/wire-format-stomp.md).
+        // What a tidings envelope adds to a SEND to its key's topic (see
+        // docs/wire-format-stomp.md): the key is in the destination, postcard is the default.
         for (name, value) in [
             ("tidings-id", "0123456789abcdef-1f2e"),
-            ("tidings-key", "bench.item"),
-            ("tidings-content-type", "application/postcard"),
             ("tidings-ts", "1763880000000"),
             ("tidings-event", "bench"),
             ("tidings-emitter", "host.bench.1234"),

@@ -164,7 +164,7 @@ impl StompConsumer {
 
     /// The delivery of a MESSAGE, or `None` (acked here) when the consumer does not want it.
     fn accept(&mut self, incoming: Incoming) -> Option<Delivery> {
-        let envelope = wire::decode(&incoming.message);
+        let envelope = wire::decode(&incoming.message, &self.ctx.outbox.topics);
         let ack = if self.acks {
             incoming.ack.map(|id| (incoming.generation, id))
         } else {

@@ -36,6 +36,7 @@ pub use provider::StompProvider;
 use crate::config::Config;
 use crate::dialect::DialectKind;
 use crate::outbox::Outbox;
+use crate::wire::KeyedTopics;
 
 /// Connects to the STOMP broker at `url`. Fails if the broker cannot be reached or refuses the
 /// login, or if its kind is unknown and the URL does not say `?dialect=`.
@@ -72,9 +73,14 @@ pub async fn connect_stomp(url: &str) -> Result<StompProvider> {
     };
     let link = pending.start(config.clone(), kind == DialectKind::RabbitMq);
     tracing::debug!(server = %server, dialect = ?kind, "stomp connected");
+    let dialect = kind.dialect();
+    let topics = KeyedTopics {
+        topic: dialect.publish_destination(&config.namespace, ""),
+    };
     let outbox = Outbox {
         link,
-        dialect: kind.dialect(),
+        dialect,
+        topics,
         namespace: config.namespace.clone(),
         persistent: config.persistent,
         timeout: config.publish_timeout,

@@ -8,7 +8,7 @@ use tidings_core::{Envelope, Result};
 use crate::dialect::Dialect;
 use crate::frame::{FrameBuilder, Outgoing};
 use crate::link::Link;
-use crate::wire;
+use crate::wire::{self, KeyedTopics};
 
 /// Sends envelopes to destinations and waits for the broker's receipt.
 #[derive(Debug)]
@@ -16,6 +16,8 @@ pub(crate) struct Outbox {
     pub(crate) link: Link,
     pub(crate) dialect: Box<dyn Dialect>,
     pub(crate) namespace: String,
+    /// The topics whose destination states the routing key (publishes leave `tidings-key` off).
+    pub(crate) topics: KeyedTopics,
     pub(crate) persistent: bool,
     pub(crate) timeout: Duration,
 }
@@ -37,7 +39,7 @@ impl Outbox {
             256 + destination.len() + envelope.headers.len() * 32,
         );
         frame.header("destination", destination);
-        wire::encode(envelope, &mut frame);
+        wire::encode(envelope, destination, &self.topics, &mut frame);
         if let Some(ttl) = envelope.ttl {
             let deadline = envelope
                 .timestamp_ms

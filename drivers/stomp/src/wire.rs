@@ -6,6 +6,12 @@
 //! (`destination`, `ack`, `expires`, ...) or STOMP's. Header values are escaped by STOMP 1.2
 //! (`\n`, `\r`, `:`, `\\`), so any string round-trips.
 //!
+//! Every header costs the broker a parse on the way in and a render on the way out (RabbitMQ
+//! keeps each one as an AMQP header), so what the frame already says stays off: the routing
+//! key when the destination is the key's topic (decoded from `destination`, or ActiveMQ's
+//! `original-destination` for a Virtual Topic consumer queue), the content type when it is
+//! tidings' default (postcard), the attempt when it is the first.
+//!
 //! Decoding never fails: a missing or malformed field becomes an empty or default value, and
 //! the core then dead-letters the message as undecodable instead of the driver panicking.
 
@@ -13,6 +19,7 @@ use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tidings_core::codec::POSTCARD;
 use tidings_core::envelope::headers;
 use tidings_core::Envelope;
 
@@ -41,18 +48,56 @@ const FIELDS: [&str; 10] = [
     EMITTER,
     ATTEMPT,
 ];
+/// The bit of `field` (one of [`FIELDS`]) in the decoder's set of seen fields.
+fn bit(field: &str) -> u16 {
+    1 << FIELDS.iter().position(|f| *f == field).unwrap_or(15)
+}
+
 /// The prefix of application headers on the wire.
 const USER_PREFIX: &str = "h-";
 
-/// Writes the headers carrying `envelope` (not the body) into `frame`. An attempt of 1 (the
-/// first) is left out: decoding defaults to it.
-pub(crate) fn encode(envelope: &Envelope, frame: &mut FrameBuilder) {
+/// The content type a tidings message without `tidings-content-type` has.
+const DEFAULT_CONTENT_TYPE: &str = POSTCARD;
+
+/// Where a frame's routing key is when it has no `tidings-key` header: the destination a
+/// publish to that key goes to is `topic` followed by the key.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyedTopics {
+    /// The destination of the empty key, e.g. `/topic/<namespace>.`.
+    pub(crate) topic: String,
+}
+
+impl KeyedTopics {
+    /// Whether a frame to `destination` already says `key`.
+    fn states(&self, destination: &str, key: &str) -> bool {
+        destination.strip_prefix(self.topic.as_str()) == Some(key)
+    }
+
+    /// The key a delivery's (still escaped) destination states, if it is one of the topics.
+    fn key_of(&self, destination: &[u8]) -> Option<String> {
+        let key = destination.strip_prefix(self.topic.as_bytes())?;
+        Some(unescape(key))
+    }
+}
+
+/// Writes the headers carrying `envelope` (not the body) into a `frame` to `destination`.
+/// Fields the frame already says, or at their default, are left out (see the module doc).
+pub(crate) fn encode(
+    envelope: &Envelope,
+    destination: &str,
+    topics: &KeyedTopics,
+    frame: &mut FrameBuilder,
+) {
     frame.header(ID, &envelope.id);
-    frame.header(KEY, &envelope.routing_key);
+    if !topics.states(destination, &envelope.routing_key) {
+        frame.header(KEY, &envelope.routing_key);
+    }
     if !envelope.event.is_empty() {
         frame.header(EVENT, &envelope.event);
     }
-    frame.header(CONTENT_TYPE, &envelope.content_type);
+    if envelope.content_type != DEFAULT_CONTENT_TYPE {
+        frame.header(CONTENT_TYPE, &envelope.content_type);
+    }
     frame.number(TIMESTAMP, envelope.timestamp_ms);
     if let Some(ttl) = envelope.ttl {
         frame.number(TTL, u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
@@ -80,7 +125,10 @@ pub(crate) fn encode(envelope: &Envelope, frame: &mut FrameBuilder) {
 
 /// The envelope carried by a MESSAGE's headers and body. The first of repeated headers wins,
 /// as STOMP 1.2 says. Only the headers the envelope uses are unescaped (and copied).
-pub(crate) fn decode(message: &RawMessage) -> Envelope {
+///
+/// A frame without `tidings-id` is not from tidings: its content type stays empty when it
+/// names none (the bus then dead-letters it as undecodable rather than guessing postcard).
+pub(crate) fn decode(message: &RawMessage, topics: &KeyedTopics) -> Envelope {
     let mut envelope = Envelope {
         id: String::new(),
         routing_key: String::new(),
@@ -97,6 +145,7 @@ pub(crate) fn decode(message: &RawMessage) -> Envelope {
     };
     let mut seen: u16 = 0;
     let mut redelivered = false;
+    let (mut destination, mut original) = (None, None);
     for (name, value) in message.headers() {
         if let Some(user) = name.strip_prefix(USER_PREFIX.as_bytes()) {
             if let Entry::Vacant(slot) = envelope.headers.entry(unescape(user)) {
@@ -104,9 +153,13 @@ pub(crate) fn decode(message: &RawMessage) -> Envelope {
             }
             continue;
         }
-        if name == b"redelivered" {
-            redelivered |= value == b"true";
-            continue;
+        match name {
+            b"redelivered" => redelivered |= value == b"true",
+            b"destination" => destination = destination.or(Some(value)),
+            // ActiveMQ's Virtual Topic consumer queues deliver with `destination` naming the
+            // queue, and the topic published to here.
+            b"original-destination" => original = original.or(Some(value)),
+            _ => {}
         }
         // The broker's own headers are skipped after one comparison.
         if !name.starts_with(headers::RESERVED_PREFIX.as_bytes()) {
@@ -133,6 +186,15 @@ pub(crate) fn decode(message: &RawMessage) -> Envelope {
             ATTEMPT => envelope.attempt = text.parse().unwrap_or(1).max(1),
             _ => {}
         }
+    }
+    if seen & bit(KEY) == 0 {
+        if let Some(key) = original.or(destination).and_then(|d| topics.key_of(d)) {
+            envelope.routing_key = key;
+        }
+    }
+    let tidings = seen & bit(ID) != 0;
+    if tidings && seen & bit(CONTENT_TYPE) == 0 {
+        envelope.content_type = DEFAULT_CONTENT_TYPE.into();
     }
     // The broker marks a message it hands out again after its consumer went away unsettled
     // (the driver itself never NACKs a message it wants back unchanged): that delivery may
@@ -162,14 +224,25 @@ mod tests {
         }
     }
 
-    /// What the broker hands back for the headers `encode` writes (still escaped).
-    fn round_trip(e: &Envelope) -> Envelope {
+    fn topics() -> KeyedTopics {
+        KeyedTopics {
+            topic: "/topic/ns.".into(),
+        }
+    }
+
+    /// The headers `encode` writes for a SEND to `destination`, as a MESSAGE the broker hands
+    /// back (still escaped) would carry them.
+    fn sent(e: &Envelope, destination: &str) -> String {
         let mut frame = FrameBuilder::new("SEND", 64);
-        encode(e, &mut frame);
+        frame.header("destination", destination);
+        encode(e, destination, &topics(), &mut frame);
         frame.number("content-length", e.body.len() as u64);
         let text = frame.head_text();
-        let head = text.split_once('\n').unwrap().1;
-        decode(&delivered(head, &e.body))
+        text.split_once('\n').unwrap().1.to_owned()
+    }
+
+    fn round_trip(e: &Envelope, destination: &str) -> Envelope {
+        decode(&delivered(&sent(e, destination), &e.body), &topics())
     }
 
     #[test]
@@ -185,9 +258,60 @@ mod tests {
         e.reply_to = Some("/amq/queue/x".into());
         e.emitter = "h.t.1".into();
         e.attempt = 3;
-        assert_eq!(round_trip(&e), e);
+        for destination in ["/topic/ns.a.b", "/amq/queue/x", "/topic/ns.a"] {
+            assert_eq!(round_trip(&e, destination), e, "to {destination}");
+        }
         e.attempt = 1;
-        assert_eq!(round_trip(&e), e);
+        e.content_type = POSTCARD.into();
+        assert_eq!(round_trip(&e, "/topic/ns.a.b"), e);
+        e.content_type = "".into();
+        assert_eq!(round_trip(&e, "/topic/ns.a.b"), e);
+    }
+
+    #[test]
+    fn what_the_frame_says_stays_off_the_wire() {
+        let e = Envelope::new("a.b", POSTCARD, Bytes::from_static(b"x"));
+        let head = sent(&e, "/topic/ns.a.b");
+        assert!(!head.contains(KEY), "{head}");
+        assert!(!head.contains(CONTENT_TYPE), "{head}");
+        assert!(!head.contains(ATTEMPT), "{head}");
+        // Anywhere else (a queue, another namespace) the key goes as a header.
+        for destination in ["/amq/queue/q", "/topic/other.a.b", "/topic/ns.a"] {
+            assert!(sent(&e, destination).contains(KEY), "to {destination}");
+        }
+    }
+
+    #[test]
+    fn the_key_is_read_from_the_topic_delivered_from() {
+        let ids = "tidings-id:1\ntidings-ts:5\n";
+        let rabbit = decode(
+            &delivered(&format!("destination:/topic/ns.a.b\n{ids}"), b""),
+            &topics(),
+        );
+        assert_eq!(rabbit.routing_key, "a.b");
+        assert_eq!(rabbit.content_type, POSTCARD);
+        // ActiveMQ's Virtual Topic consumer queue names the topic in `original-destination`.
+        let queue = "destination:/queue/Consumer.g.ns.a.*\noriginal-destination:/topic/ns.a.c\n";
+        let amq = decode(&delivered(&format!("{queue}{ids}"), b""), &topics());
+        assert_eq!(amq.routing_key, "a.c");
+        // An explicit header wins; a destination elsewhere says nothing.
+        let header = format!("destination:/topic/ns.a.b\ntidings-key:x.y\n{ids}");
+        assert_eq!(
+            decode(&delivered(&header, b""), &topics()).routing_key,
+            "x.y"
+        );
+        let elsewhere = decode(
+            &delivered(&format!("destination:/queue/q\n{ids}"), b""),
+            &topics(),
+        );
+        assert_eq!(elsewhere.routing_key, "");
+    }
+
+    #[test]
+    fn a_frame_not_from_tidings_names_no_content_type() {
+        let foreign = decode(&delivered("destination:/topic/ns.a.b\n", b"{}"), &topics());
+        assert_eq!(foreign.routing_key, "a.b");
+        assert_eq!(foreign.content_type, "");
     }
 
     #[test]
@@ -196,7 +320,7 @@ mod tests {
             "tidings-attempt:x\ntidings-ts:-1\ntidings-attempt:7\ntidings-key:\\q\\\n",
             b"",
         );
-        let e = decode(&m);
+        let e = decode(&m, &topics());
         assert_eq!(e.attempt, 1);
         assert_eq!(e.timestamp_ms, 0);
         assert_eq!(e.routing_key, "\\q\\");
@@ -204,7 +328,10 @@ mod tests {
 
     #[test]
     fn redelivered_counts_as_an_attempt() {
-        let e = decode(&delivered("redelivered:true\ntidings-attempt:2\r\n", b"x"));
+        let e = decode(
+            &delivered("redelivered:true\ntidings-attempt:2\r\n", b"x"),
+            &topics(),
+        );
         assert_eq!(e.attempt, 3);
         assert_eq!(&e.body[..], b"x");
     }

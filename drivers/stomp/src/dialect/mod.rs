@@ -82,7 +82,9 @@ pub(crate) struct Plan {
 /// One broker's answers. Every name passed in is already validated by the core (words of
 /// ASCII letters, digits, `_`, `-`, joined by dots).
 pub(crate) trait Dialect: Send + Sync + fmt::Debug + 'static {
-    /// The SEND destination of a publish under `key`.
+    /// The SEND destination of a publish under `key`: the same prefix for every key, then the
+    /// key (the wire format leaves `tidings-key` off such a SEND and reads the key back from
+    /// the destination, see `wire::KeyedTopics`).
     fn publish_destination(&self, namespace: &str, key: &str) -> String;
 
     /// How to subscribe to `pattern` in `mode`; `unique` is unique per subscription.
