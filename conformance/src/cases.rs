@@ -179,17 +179,19 @@ async fn star_and_hash_patterns_match_exactly(ctx: Arc<Ctx>) -> Outcome {
 async fn group_delivers_each_message_to_one_member_and_spreads_load(ctx: Arc<Ctx>) -> Outcome {
     let group = ctx.name("workers");
     let (sink, mut got) = collector::<(usize, u32)>();
+    let (keys, mut keys_got) = collector::<String>();
     for member in 0..3 {
         let bus = ctx.bus().await?;
-        let sink = sink.clone();
+        let (sink, keys) = (sink.clone(), keys.clone());
         bus.subscribe::<Note>("jobs.*")
             .group(&group)
             .prefetch(1)
-            .handle(move |note| {
-                let sink = sink.clone();
+            .handle_message(move |message: Message<Note>| {
+                let (sink, keys) = (sink.clone(), keys.clone());
                 async move {
                     tokio::time::sleep(Duration::from_millis(2)).await;
-                    sink.put((member, note.n));
+                    keys.put(message.routing_key().to_owned());
+                    sink.put((member, message.event().n));
                     Ok(())
                 }
             })
@@ -208,6 +210,12 @@ async fn group_delivers_each_message_to_one_member_and_spreads_load(ctx: Arc<Ctx
         all.len(),
         ns.len()
     );
+    let keys = keys_got.drain_for(Duration::ZERO).await;
+    ensure!(
+        keys.len() == 300 && keys.iter().all(|k| k == "jobs.resize"),
+        "members must see the routing key published with, saw {:?}",
+        keys.iter().collect::<BTreeSet<_>>()
+    );
     for member in 0..3 {
         let count = all.iter().filter(|(m, _)| *m == member).count();
         ensure!(
@@ -220,7 +228,7 @@ async fn group_delivers_each_message_to_one_member_and_spreads_load(ctx: Arc<Ctx
 
 async fn failed_message_is_retried_by_another_member(ctx: Arc<Ctx>) -> Outcome {
     let group = ctx.name("flaky");
-    let (sink, mut got) = collector::<u32>();
+    let (sink, mut got) = collector::<(u32, String)>();
     let failing = ctx.bus().await?;
     failing
         .subscribe::<Note>("work")
@@ -239,17 +247,23 @@ async fn failed_message_is_retried_by_another_member(ctx: Arc<Ctx>) -> Outcome {
         .group(&group)
         .prefetch(1)
         .max_attempts(1000)
-        .handle(sink.recorder(|note: Note| note.n))
+        .handle_message(sink.recorder(|m: Message<Note>| (m.event().n, m.routing_key().to_owned())))
         .await?;
     for n in 0..20 {
         healthy.emit("work", &Note::new(n)).await?;
     }
-    let mut ns = got.take(20, SOON).await?;
+    let mut seen = got.take(20, SOON).await?;
     got.nothing_more(QUIET).await?;
-    ns.sort();
+    seen.sort();
+    let ns: Vec<u32> = seen.iter().map(|(n, _)| *n).collect();
     ensure!(
         ns == (0..20).collect::<Vec<_>>(),
         "healthy member got {ns:?}, expected 0..20 once each"
+    );
+    // A retry is a copy sent back to the group's queue: it keeps the key.
+    ensure!(
+        seen.iter().all(|(_, key)| key == "work"),
+        "retried messages must keep their routing key: {seen:?}"
     );
     Ok(())
 }
