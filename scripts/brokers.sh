@@ -64,11 +64,9 @@ AMQ_PIDFILE=/var/lib/activemq/tidings/activemq.pid
 if [ ! -x /usr/bin/activemq ]; then
     log "installing activemq"; apt_install activemq
 fi
-if [ ! -f "$AMQ_INSTANCE/activemq.xml" ]; then
-    log "writing $AMQ_INSTANCE/activemq.xml"
-    mkdir -p "$AMQ_INSTANCE"
-    cp /etc/activemq/instances-available/main/log4j2.properties "$AMQ_INSTANCE/" 2>/dev/null || true
-    cat >"$AMQ_INSTANCE/activemq.xml" <<'XML'
+# tcpNoDelay: without it the broker holds small frames back (Nagle) until the client's delayed
+# ACK, and every request/reply round trip takes ~44 ms instead of ~1 ms.
+AMQ_XML=$(cat <<'XML'
 <beans xmlns="http://www.springframework.org/schema/beans"
        xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
        xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans-2.0.xsd
@@ -90,11 +88,23 @@ if [ ! -f "$AMQ_INSTANCE/activemq.xml" ]; then
     </persistenceAdapter>
     <transportConnectors>
       <transportConnector name="openwire" uri="tcp://127.0.0.1:61616"/>
-      <transportConnector name="stomp" uri="stomp://127.0.0.1:61623?transport.hbGracePeriodMultiplier=2"/>
+      <transportConnector name="stomp" uri="stomp://127.0.0.1:61623?transport.hbGracePeriodMultiplier=2&amp;transport.tcpNoDelay=true"/>
     </transportConnectors>
   </broker>
 </beans>
 XML
+)
+if [ "$(cat "$AMQ_INSTANCE/activemq.xml" 2>/dev/null)" != "$AMQ_XML" ]; then
+    log "writing $AMQ_INSTANCE/activemq.xml"
+    mkdir -p "$AMQ_INSTANCE"
+    cp /etc/activemq/instances-available/main/log4j2.properties "$AMQ_INSTANCE/" 2>/dev/null || true
+    printf '%s\n' "$AMQ_XML" >"$AMQ_INSTANCE/activemq.xml"
+    # A running broker reads its configuration only at start.
+    if [ -f "$AMQ_PIDFILE" ] && kill -0 "$(cat "$AMQ_PIDFILE")" 2>/dev/null; then
+        log "restarting ActiveMQ (pid $(cat "$AMQ_PIDFILE")) for the new configuration"
+        kill "$(cat "$AMQ_PIDFILE")"
+        for _ in $(seq 60); do kill -0 "$(cat "$AMQ_PIDFILE")" 2>/dev/null || break; sleep 1; done
+    fi
 fi
 if ! (exec 3<>/dev/tcp/127.0.0.1/61623) 2>/dev/null; then
     # Debian's /usr/bin/activemq wrapper re-reads /usr/share/activemq/activemq-options, which
