@@ -119,7 +119,7 @@ pub(crate) fn encode(
         name.clear();
         name.push_str(USER_PREFIX);
         name.push_str(key);
-        frame.header(&name, value);
+        frame.any_header(&name, value);
     }
 }
 
