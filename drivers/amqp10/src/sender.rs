@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fe2o3_amqp::link::{SendError, SenderAttachError};
-use fe2o3_amqp::types::messaging::{Body, Outcome};
-use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::types::messaging::Outcome;
 use fe2o3_amqp::{Sendable, Sender};
 use tidings_core::{Error, ErrorKind, Result};
 use tokio::sync::Mutex;
 
 use crate::connection::{Live, Shared};
-use crate::wire::AmqpMessage;
+use crate::wire::{OutgoingBody, OutgoingMessage};
 
 /// How long to wait before re-attaching a link the broker detached.
 const REATTACH_PAUSE: Duration = Duration::from_millis(50);
@@ -80,22 +79,31 @@ impl SenderLink {
 
     /// Sends `message` and waits for the broker to accept it, re-sending after a reconnect,
     /// for at most `publish_timeout_ms`.
-    pub(crate) async fn send(&self, message: AmqpMessage) -> Result<()> {
+    ///
+    /// An `async` block rather than an `async fn`: an `async fn` keeps its argument twice in
+    /// its future (as the argument and again as a local), and this future is boxed per
+    /// publish.
+    pub(crate) fn send(
+        &self,
+        message: OutgoingMessage,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + '_ {
         let sendable = Sendable::builder().message(message).settled(false).build();
-        let config = &self.shared.config;
-        match tokio::time::timeout(config.publish_timeout, self.deliver(&sendable)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::new(
-                ErrorKind::Publish,
-                format!(
-                    "the broker at {} did not confirm within {:?} (connection down?); raise publish_timeout_ms in the url to wait longer",
-                    config.redacted, config.publish_timeout
-                ),
-            )),
+        async move {
+            let config = &self.shared.config;
+            match tokio::time::timeout(config.publish_timeout, self.deliver(&sendable)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::new(
+                    ErrorKind::Publish,
+                    format!(
+                        "the broker at {} did not confirm within {:?} (connection down?); raise publish_timeout_ms in the url to wait longer",
+                        config.redacted, config.publish_timeout
+                    ),
+                )),
+            }
         }
     }
 
-    async fn deliver(&self, sendable: &Sendable<Body<Value>>) -> Result<()> {
+    async fn deliver(&self, sendable: &Sendable<OutgoingBody>) -> Result<()> {
         // A session that failed this link; the next attach waits for a newer one.
         let mut failed_generation = 0u64;
         loop {
@@ -281,7 +289,7 @@ impl SenderPool {
     }
 
     /// Sends `message` to `address` and waits for the broker's confirmation.
-    pub(crate) async fn send(&self, address: &str, message: AmqpMessage) -> Result<()> {
+    pub(crate) async fn send(&self, address: &str, message: OutgoingMessage) -> Result<()> {
         self.link(address).send(message).await
     }
 }
