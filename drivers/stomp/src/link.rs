@@ -822,13 +822,15 @@ async fn run_session(
     let reading = async {
         loop {
             let next = match expect_every {
-                // Twice the agreed interval, as the spec suggests, before calling it dead.
-                Some(every) => match tokio::time::timeout(every * 2, reader.next()).await {
+                // Three times the agreed interval before calling it dead: ActiveMQ sends its
+                // first heart-beat only after twice the interval, so a deadline of twice
+                // raced it and a busy broker lost the race.
+                Some(every) => match tokio::time::timeout(every * 3, reader.next()).await {
                     Ok(next) => next,
                     Err(_) => {
                         return Ended::Lost(format!(
                             "no heart-beat from the broker for {:?}",
-                            every * 2
+                            every * 3
                         ))
                     }
                 },
