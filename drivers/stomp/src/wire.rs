@@ -61,7 +61,7 @@ const DEFAULT_CONTENT_TYPE: &str = POSTCARD;
 
 /// Where a frame's routing key is when it has no `tidings-key` header: the destination a
 /// publish to that key goes to is `topic` followed by the key.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct KeyedTopics {
     /// The destination of the empty key, e.g. `/topic/<namespace>.`.
     pub(crate) topic: String,
