@@ -104,14 +104,11 @@ fn send(destination: &str, body: Vec<u8>, persistent: bool, receipt: String) -> 
     if plain_metadata() {
         // What a tidings envelope adds to a SEND to its key's topic (see
         // docs/wire-format-stomp.md): the key is in the destination, postcard is the default.
-        for (name, value) in [
-            ("tidings-id", "0123456789abcdef-1f2e"),
-            ("tidings-ts", "1763880000000"),
-            ("tidings-event", "bench"),
-            ("tidings-emitter", "host.bench.1234"),
-        ] {
-            headers.push((name.to_owned(), value.to_owned()));
-        }
+        headers.push((
+            "tidings".to_owned(),
+            "id=0123456789abcdef-1f2e;ts=1763880000000;event=bench;emitter=host.bench.1234"
+                .to_owned(),
+        ));
     }
     ToServer::Send {
         destination: destination.to_owned(),
@@ -392,7 +389,7 @@ fn main() {
     let run_plain = only != "tidings";
     let run_tidings = only != "plain";
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(env_or("BENCH_WORKERS", 2))
         .enable_all()
         .build()
         .unwrap();

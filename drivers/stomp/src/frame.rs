@@ -52,36 +52,36 @@ impl FrameBuilder {
         debug_assert!(!needs_escaping(name.as_bytes()), "{name:?}");
         self.head.put_slice(name.as_bytes());
         self.head.put_u8(b':');
-        escape_into(&mut self.head, value.as_bytes());
+        escape_into(&mut self.head, value.as_bytes(), STOMP_SPECIALS);
         self.head.put_u8(b'\n');
     }
 
     /// Adds `name:value` for any name (an application header's).
     pub(crate) fn any_header(&mut self, name: &str, value: &str) {
-        escape_into(&mut self.head, name.as_bytes());
+        escape_into(&mut self.head, name.as_bytes(), STOMP_SPECIALS);
         self.head.put_u8(b':');
-        escape_into(&mut self.head, value.as_bytes());
+        escape_into(&mut self.head, value.as_bytes(), STOMP_SPECIALS);
         self.head.put_u8(b'\n');
     }
 
     /// Adds `name:<number>`.
     pub(crate) fn number(&mut self, name: &str, value: u64) {
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = value;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
         debug_assert!(!needs_escaping(name.as_bytes()), "{name:?}");
         self.head.put_slice(name.as_bytes());
         self.head.put_u8(b':');
-        self.head.put_slice(&digits[at..]);
+        put_number(&mut self.head, value);
         self.head.put_u8(b'\n');
+    }
+
+    /// Starts the header `name` whose value is a list of items (see [`Items`]).
+    pub(crate) fn items(&mut self, name: &str) -> Items<'_> {
+        debug_assert!(!needs_escaping(name.as_bytes()), "{name:?}");
+        self.head.put_slice(name.as_bytes());
+        self.head.put_u8(b':');
+        Items {
+            head: &mut self.head,
+            empty: true,
+        }
     }
 
     /// The head as text, for tests.
@@ -99,17 +99,97 @@ impl FrameBuilder {
     }
 }
 
-/// Whether `text` holds an octet STOMP 1.2 escapes (`\r`, `\n`, `:`, `\`). Eight bytes at a
-/// time: every header of every SEND passes through here, and almost none needs escaping.
+/// The value of one header as `name=value` items separated by `;`: many fields in one header,
+/// because brokers parse, store and render every header of every message one by one (see
+/// `docs/wire-format-stomp.md`). Inside items `%` is written `%25`, `;` `%3B` and, in names,
+/// `=` `%3D`, before STOMP's own escaping, so any string fits; [`items`] and
+/// [`unescape_item`] read them back.
+/// The header line ends when this is dropped.
+#[derive(Debug)]
+pub(crate) struct Items<'a> {
+    head: &'a mut BytesMut,
+    empty: bool,
+}
+
+impl Items<'_> {
+    fn start(&mut self, name: &[u8]) {
+        if !self.empty {
+            self.head.put_u8(b';');
+        }
+        self.empty = false;
+        escape_into(self.head, name, NAME_SPECIALS);
+        self.head.put_u8(b'=');
+    }
+
+    /// Adds `name=value`.
+    pub(crate) fn text(&mut self, name: &str, value: &str) {
+        self.start(name.as_bytes());
+        escape_into(self.head, value.as_bytes(), ITEM_SPECIALS);
+    }
+
+    /// Adds `name=<number>`.
+    pub(crate) fn number(&mut self, name: &str, value: u64) {
+        self.start(name.as_bytes());
+        put_number(self.head, value);
+    }
+}
+
+impl Drop for Items<'_> {
+    fn drop(&mut self) {
+        self.head.put_u8(b'\n');
+    }
+}
+
+/// The items of a header value written by [`Items`], name and value still escaped; text
+/// without `=` is skipped.
+pub(crate) fn items(raw: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    raw.split(|b| *b == b';').filter_map(|item| {
+        let eq = find(b'=', item)?;
+        Some((&item[..eq], &item[eq + 1..]))
+    })
+}
+
+/// Writes `value` in decimal.
+fn put_number(buffer: &mut BytesMut, value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    buffer.put_slice(&digits[at..]);
+}
+
+/// The octets STOMP 1.2 escapes in headers.
+const STOMP_SPECIALS: &[u8] = b"\r\n:\\";
+/// Those, and the ones [`Items`] escapes in values.
+const ITEM_SPECIALS: &[u8] = b"\r\n:\\;%";
+/// Those, and the ones [`Items`] escapes in names.
+const NAME_SPECIALS: &[u8] = b"\r\n:\\;%=";
+
+/// Whether `text` holds an octet STOMP 1.2 escapes (`\r`, `\n`, `:`, `\`).
 fn needs_escaping(text: &[u8]) -> bool {
+    contains_any(text, STOMP_SPECIALS)
+}
+
+/// Whether `text` holds one of `specials`. Eight bytes at a time: every header of every SEND
+/// passes through here, and almost none needs escaping.
+fn contains_any(text: &[u8], specials: &[u8]) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     // Whether a byte of `word` is zero (the classic bit trick: exact, no false positives
     // once combined with `!word`).
     let has_zero = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS != 0;
-    let has = |word: u64, byte: u8| has_zero(word ^ (ONES * u64::from(byte)));
-    let special =
-        |word: u64| has(word, b'\r') || has(word, b'\n') || has(word, b':') || has(word, b'\\');
+    let special = |word: u64| {
+        specials
+            .iter()
+            .any(|byte| has_zero(word ^ (ONES * u64::from(*byte))))
+    };
     let mut chunks = text.chunks_exact(8);
     for chunk in &mut chunks {
         if special(u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]))) {
@@ -123,21 +203,28 @@ fn needs_escaping(text: &[u8]) -> bool {
     special(u64::from_ne_bytes(last))
 }
 
-/// STOMP 1.2 header escaping: `\r`, `\n`, `:` and `\` are the only octets that need it.
-fn escape_into(buffer: &mut BytesMut, text: &[u8]) {
-    if !needs_escaping(text) {
+/// Writes `text` with the octets of `specials` escaped: STOMP 1.2 header escaping (`\r`, `\n`,
+/// `:` and `\` are the only octets that need it) and, for [`Items`], `%`, `;` and `=` as
+/// `%25`, `%3B` and `%3D`.
+fn escape_into(buffer: &mut BytesMut, text: &[u8], specials: &[u8]) {
+    if !contains_any(text, specials) {
         // The usual case: nothing to escape.
         buffer.put_slice(text);
         return;
     }
     let mut start = 0;
     for (i, byte) in text.iter().enumerate() {
+        if !specials.contains(byte) {
+            continue;
+        }
         let escaped: &[u8] = match byte {
             b'\r' => b"\\r",
             b'\n' => b"\\n",
             b':' => b"\\c",
             b'\\' => b"\\\\",
-            _ => continue,
+            b'%' => b"%25",
+            b';' => b"%3B",
+            _ => b"%3D",
         };
         buffer.put_slice(&text[start..i]);
         buffer.put_slice(escaped);
@@ -271,32 +358,46 @@ fn find(byte: u8, text: &[u8]) -> Option<usize> {
 /// malformed value, never a panic).
 pub(crate) fn unescape(raw: &[u8]) -> String {
     if !raw.contains(&b'\\') {
-        return match std::str::from_utf8(raw) {
-            Ok(text) => text.to_owned(),
-            Err(_) => String::from_utf8_lossy(raw).into_owned(),
-        };
+        return text(raw.to_vec());
     }
+    unescape_slow(raw, false)
+}
+
+/// Undoes the escaping of an item of [`Items`]: STOMP's, then `%25`, `%3B` and `%3D`. Any
+/// other `%` is kept as it is.
+pub(crate) fn unescape_item(raw: &[u8]) -> String {
+    if !raw.iter().any(|b| *b == b'\\' || *b == b'%') {
+        return text(raw.to_vec());
+    }
+    unescape_slow(raw, true)
+}
+
+fn unescape_slow(raw: &[u8], item: bool) -> String {
     let mut out = Vec::with_capacity(raw.len());
     let mut bytes = raw.iter();
     while let Some(&byte) = bytes.next() {
-        if byte != b'\\' {
-            out.push(byte);
-            continue;
+        let rest = bytes.as_slice();
+        let (unescaped, used) = match (byte, rest) {
+            (b'\\', [b'r', ..]) => (b'\r', 1),
+            (b'\\', [b'n', ..]) => (b'\n', 1),
+            (b'\\', [b'c', ..]) => (b':', 1),
+            (b'\\', [b'\\', ..]) => (b'\\', 1),
+            (b'%', [b'2', b'5', ..]) if item => (b'%', 2),
+            (b'%', [b'3', b'B', ..]) if item => (b';', 2),
+            (b'%', [b'3', b'D', ..]) if item => (b'=', 2),
+            _ => (byte, 0),
+        };
+        out.push(unescaped);
+        for _ in 0..used {
+            bytes.next();
         }
-        match bytes.clone().next() {
-            Some(b'r') => out.push(b'\r'),
-            Some(b'n') => out.push(b'\n'),
-            Some(b'c') => out.push(b':'),
-            Some(b'\\') => out.push(b'\\'),
-            Some(&other) => out.extend_from_slice(&[b'\\', other]),
-            None => {
-                out.push(b'\\');
-                continue;
-            }
-        }
-        bytes.next();
     }
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    text(out)
+}
+
+/// `bytes` as text, with U+FFFD for what is not UTF-8.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Splits one MESSAGE (or RECEIPT) frame off the front of `src` (which starts at its command
@@ -416,7 +517,7 @@ impl Encoder<Outgoing> for Codec {
                 dst.put_slice(&frame.head);
                 if let Some(id) = receipt {
                     dst.put_slice(b"receipt:");
-                    escape_into(dst, id.as_bytes());
+                    escape_into(dst, id.as_bytes(), STOMP_SPECIALS);
                     dst.put_u8(b'\n');
                 }
                 dst.put_u8(b'\n');
@@ -543,6 +644,70 @@ mod tests {
         assert!(!needs_escaping(
             b"\x0b\x0c\x0e\x09;9[]\xff\x80\xbb\x5b\x5d\x3b\x39"
         ));
+    }
+
+    #[test]
+    fn item_escaping_is_found_at_every_position() {
+        for len in 0..20 {
+            let clean = vec![b'a'; len];
+            assert!(!contains_any(&clean, ITEM_SPECIALS));
+            for at in 0..len {
+                for special in [b';', b'%'] {
+                    let mut text = clean.clone();
+                    text[at] = special;
+                    assert!(
+                        contains_any(&text, ITEM_SPECIALS),
+                        "{special} at {at} of {len}"
+                    );
+                    assert!(!needs_escaping(&text));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn items_round_trip_any_text() {
+        let texts = [
+            "",
+            "plain",
+            "a;b",
+            "%",
+            "%3B",
+            "%25;",
+            "=",
+            "x:\n\r\\y",
+            "é;%=\\c",
+        ];
+        let mut f = FrameBuilder::new("X", 8);
+        {
+            let mut list = f.items("l");
+            for (i, text) in texts.iter().enumerate() {
+                list.text(&format!("n{i}"), text);
+                list.text(&format!("={text}"), "");
+            }
+            list.number("n", 42);
+        }
+        f.number("after", 1);
+        let frame = f.finish(None);
+        let head = std::str::from_utf8(&frame.head).unwrap();
+        let line = head.lines().nth(1).unwrap();
+        assert_eq!(head.lines().nth(2), Some("after:1"));
+        let value = line.strip_prefix("l:").unwrap().as_bytes();
+        let read: Vec<(String, String)> = items(value)
+            .map(|(n, v)| (unescape_item(n), unescape_item(v)))
+            .collect();
+        let mut want: Vec<(String, String)> = texts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, t)| {
+                [
+                    (format!("n{i}"), (*t).to_owned()),
+                    (format!("={t}"), String::new()),
+                ]
+            })
+            .collect();
+        want.push(("n".into(), "42".into()));
+        assert_eq!(read, want);
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub(crate) struct Outbox {
     pub(crate) link: Link,
     pub(crate) dialect: Box<dyn Dialect>,
     pub(crate) namespace: String,
-    /// The topics whose destination states the routing key (publishes leave `tidings-key` off).
+    /// The topics whose destination states the routing key (publishes leave the key out).
     pub(crate) topics: KeyedTopics,
     pub(crate) persistent: bool,
     pub(crate) timeout: Duration,

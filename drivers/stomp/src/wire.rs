@@ -1,41 +1,48 @@
 //! How an [`Envelope`] travels as STOMP headers and body (see `docs/wire-format-stomp.md`).
 //!
 //! The body is the payload, always sent with `content-length` (ActiveMQ then keeps it as
-//! bytes rather than text). Envelope fields are `tidings-*` headers; application headers are
-//! sent as `h-<name>`, so they can never collide with the driver's own headers, the broker's
-//! (`destination`, `ack`, `expires`, ...) or STOMP's. Header values are escaped by STOMP 1.2
-//! (`\n`, `\r`, `:`, `\\`), so any string round-trips.
+//! bytes rather than text). The envelope's fields, and tidings' own `tidings-*` headers, are
+//! items of one header, `tidings` (`id=..;ts=..;event=..`, see [`FrameBuilder::items`]);
+//! application headers are sent as `h-<name>`, so they can never collide with the driver's
+//! own, the broker's (`destination`, `ack`, `expires`, ...) or STOMP's. Header values are
+//! escaped by STOMP 1.2 (`\n`, `\r`, `:`, `\\`), so any string round-trips.
 //!
-//! Every header costs the broker a parse on the way in and a render on the way out (RabbitMQ
-//! keeps each one as an AMQP header), so what the frame already says stays off: the routing
-//! key when the destination is the key's topic (decoded from `destination`, or ActiveMQ's
-//! `original-destination` for a Virtual Topic consumer queue), the content type when it is
-//! tidings' default (postcard), the attempt when it is the first.
+//! Every header costs the broker a parse on the way in, a property to keep and a render on the
+//! way out, whatever its length: hence one header for all fields. What the frame already says
+//! stays out of it: the routing key when the destination is the key's topic (decoded from
+//! `destination`, or ActiveMQ's `original-destination` for a Virtual Topic consumer queue),
+//! the content type when it is tidings' default (postcard), the attempt when it is the first.
+//! Frames of earlier versions, one `tidings-<field>` header per field, decode the same.
 //!
 //! Decoding never fails: a missing or malformed field becomes an empty or default value, and
 //! the core then dead-letters the message as undecodable instead of the driver panicking.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::time::Duration;
 
 use tidings_core::codec::POSTCARD;
 use tidings_core::envelope::headers;
 use tidings_core::Envelope;
 
-use crate::frame::{unescape, FrameBuilder, RawMessage};
+use crate::frame::{items, unescape, unescape_item, FrameBuilder, RawMessage};
 
-const ID: &str = "tidings-id";
-const KEY: &str = "tidings-key";
-const EVENT: &str = "tidings-event";
-const CONTENT_TYPE: &str = "tidings-content-type";
-const TIMESTAMP: &str = "tidings-ts";
-const TTL: &str = "tidings-ttl-ms";
-const CORRELATION: &str = "tidings-correlation-id";
-const REPLY_TO: &str = "tidings-reply-to";
-const EMITTER: &str = "tidings-emitter";
-const ATTEMPT: &str = "tidings-attempt";
-/// Every envelope field header, for decoding (the first of repeated headers wins).
+/// The one header that carries the envelope's fields (and tidings' own `tidings-*` headers)
+/// as `name=value` items.
+const PACK: &str = "tidings";
+const ID: &str = "id";
+const KEY: &str = "key";
+const EVENT: &str = "event";
+const CONTENT_TYPE: &str = "content-type";
+const TIMESTAMP: &str = "ts";
+const TTL: &str = "ttl-ms";
+const CORRELATION: &str = "correlation-id";
+const REPLY_TO: &str = "reply-to";
+const EMITTER: &str = "emitter";
+const ATTEMPT: &str = "attempt";
+/// Every envelope field, by its item name. Earlier versions sent each as its own header,
+/// `tidings-<name>`; those are still read.
 const FIELDS: [&str; 10] = [
     ID,
     KEY,
@@ -56,7 +63,7 @@ fn bit(field: &str) -> u16 {
 /// The prefix of application headers on the wire.
 const USER_PREFIX: &str = "h-";
 
-/// The content type a tidings message without `tidings-content-type` has.
+/// The content type a tidings message without `content-type` has.
 const DEFAULT_CONTENT_TYPE: &str = POSTCARD;
 
 /// Where a frame's routing key is when it has no `tidings-key` header: the destination a
@@ -88,34 +95,43 @@ pub(crate) fn encode(
     topics: &KeyedTopics,
     frame: &mut FrameBuilder,
 ) {
-    frame.header(ID, &envelope.id);
-    if !topics.states(destination, &envelope.routing_key) {
-        frame.header(KEY, &envelope.routing_key);
-    }
-    if !envelope.event.is_empty() {
-        frame.header(EVENT, &envelope.event);
-    }
-    if envelope.content_type != DEFAULT_CONTENT_TYPE {
-        frame.header(CONTENT_TYPE, &envelope.content_type);
-    }
-    frame.number(TIMESTAMP, envelope.timestamp_ms);
-    if let Some(ttl) = envelope.ttl {
-        frame.number(TTL, u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-    }
-    if let Some(c) = &envelope.correlation_id {
-        frame.header(CORRELATION, c);
-    }
-    if let Some(r) = &envelope.reply_to {
-        frame.header(REPLY_TO, r);
-    }
-    if !envelope.emitter.is_empty() {
-        frame.header(EMITTER, &envelope.emitter);
-    }
-    if envelope.attempt != 1 {
-        frame.number(ATTEMPT, u64::from(envelope.attempt));
+    {
+        let mut pack = frame.items(PACK);
+        pack.text(ID, &envelope.id);
+        pack.number(TIMESTAMP, envelope.timestamp_ms);
+        if !envelope.event.is_empty() {
+            pack.text(EVENT, &envelope.event);
+        }
+        if !envelope.emitter.is_empty() {
+            pack.text(EMITTER, &envelope.emitter);
+        }
+        if !topics.states(destination, &envelope.routing_key) {
+            pack.text(KEY, &envelope.routing_key);
+        }
+        if envelope.content_type != DEFAULT_CONTENT_TYPE {
+            pack.text(CONTENT_TYPE, &envelope.content_type);
+        }
+        if let Some(ttl) = envelope.ttl {
+            pack.number(TTL, u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        }
+        if let Some(c) = &envelope.correlation_id {
+            pack.text(CORRELATION, c);
+        }
+        if let Some(r) = &envelope.reply_to {
+            pack.text(REPLY_TO, r);
+        }
+        if envelope.attempt != 1 {
+            pack.number(ATTEMPT, u64::from(envelope.attempt));
+        }
+        for (name, value) in own_headers(envelope) {
+            pack.text(name, value);
+        }
     }
     let mut name = String::new();
     for (key, value) in &envelope.headers {
+        if is_own(key) {
+            continue;
+        }
         name.clear();
         name.push_str(USER_PREFIX);
         name.push_str(key);
@@ -123,10 +139,26 @@ pub(crate) fn encode(
     }
 }
 
+/// Whether `header` is one of tidings' own (`tidings-*`: RPC status, dead-letter reason, ...),
+/// which travel in the pack rather than as application headers.
+fn is_own(header: &str) -> bool {
+    header.starts_with(headers::RESERVED_PREFIX)
+}
+
+/// The envelope's `tidings-*` headers (one range of the sorted map).
+fn own_headers(envelope: &Envelope) -> impl Iterator<Item = (&String, &String)> {
+    let from: (Bound<&str>, Bound<&str>) =
+        (Bound::Included(headers::RESERVED_PREFIX), Bound::Unbounded);
+    envelope
+        .headers
+        .range::<str, _>(from)
+        .take_while(|(name, _)| is_own(name))
+}
+
 /// The envelope carried by a MESSAGE's headers and body. The first of repeated headers wins,
 /// as STOMP 1.2 says. Only the headers the envelope uses are unescaped (and copied).
 ///
-/// A frame without `tidings-id` is not from tidings: its content type stays empty when it
+/// A frame without an `id` is not from tidings: its content type stays empty when it
 /// names none (the bus then dead-letters it as undecodable rather than guessing postcard).
 pub(crate) fn decode(message: &RawMessage, topics: &KeyedTopics) -> Envelope {
     let mut envelope = Envelope {
@@ -154,37 +186,29 @@ pub(crate) fn decode(message: &RawMessage, topics: &KeyedTopics) -> Envelope {
             continue;
         }
         match name {
+            b"tidings" => {
+                for (name, value) in items(value) {
+                    if name.starts_with(headers::RESERVED_PREFIX.as_bytes()) {
+                        if let Entry::Vacant(slot) = envelope.headers.entry(unescape_item(name)) {
+                            slot.insert(unescape_item(value));
+                        }
+                    } else {
+                        set_field(&mut envelope, &mut seen, name, || unescape_item(value));
+                    }
+                }
+            }
             b"redelivered" => redelivered |= value == b"true",
             b"destination" => destination = destination.or(Some(value)),
             // ActiveMQ's Virtual Topic consumer queues deliver with `destination` naming the
             // queue, and the topic published to here.
             b"original-destination" => original = original.or(Some(value)),
-            _ => {}
-        }
-        // The broker's own headers are skipped after one comparison.
-        if !name.starts_with(headers::RESERVED_PREFIX.as_bytes()) {
-            continue;
-        }
-        let Some(field) = FIELDS.iter().position(|f| f.as_bytes() == name) else {
-            continue;
-        };
-        if seen & (1 << field) != 0 {
-            continue;
-        }
-        seen |= 1 << field;
-        let text = unescape(value);
-        match FIELDS[field] {
-            ID => envelope.id = text,
-            KEY => envelope.routing_key = text,
-            EVENT => envelope.event = text.into(),
-            CONTENT_TYPE => envelope.content_type = text.into(),
-            TIMESTAMP => envelope.timestamp_ms = text.parse().unwrap_or(0),
-            TTL => envelope.ttl = text.parse().ok().map(Duration::from_millis),
-            CORRELATION => envelope.correlation_id = Some(text),
-            REPLY_TO => envelope.reply_to = Some(text),
-            EMITTER => envelope.emitter = text,
-            ATTEMPT => envelope.attempt = text.parse().unwrap_or(1).max(1),
-            _ => {}
+            // Earlier versions' one header per field; the broker's own headers are skipped
+            // after one comparison.
+            _ => {
+                if let Some(field) = name.strip_prefix(headers::RESERVED_PREFIX.as_bytes()) {
+                    set_field(&mut envelope, &mut seen, field, || unescape(value));
+                }
+            }
         }
     }
     if seen & bit(KEY) == 0 {
@@ -203,6 +227,31 @@ pub(crate) fn decode(message: &RawMessage, topics: &KeyedTopics) -> Envelope {
         envelope.attempt = envelope.attempt.saturating_add(1);
     }
     envelope
+}
+
+/// Sets the field named `name` from `text` unless it was already set (the first wins).
+fn set_field(envelope: &mut Envelope, seen: &mut u16, name: &[u8], text: impl FnOnce() -> String) {
+    let Some(field) = FIELDS.iter().position(|f| f.as_bytes() == name) else {
+        return;
+    };
+    if *seen & (1 << field) != 0 {
+        return;
+    }
+    *seen |= 1 << field;
+    let text = text();
+    match FIELDS[field] {
+        ID => envelope.id = text,
+        KEY => envelope.routing_key = text,
+        EVENT => envelope.event = text.into(),
+        CONTENT_TYPE => envelope.content_type = text.into(),
+        TIMESTAMP => envelope.timestamp_ms = text.parse().unwrap_or(0),
+        TTL => envelope.ttl = text.parse().ok().map(Duration::from_millis),
+        CORRELATION => envelope.correlation_id = Some(text),
+        REPLY_TO => envelope.reply_to = Some(text),
+        EMITTER => envelope.emitter = text,
+        ATTEMPT => envelope.attempt = text.parse().unwrap_or(1).max(1),
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -248,11 +297,12 @@ mod tests {
     #[test]
     fn every_field_round_trips() {
         let mut e = Envelope::new("a.b", "application/json", Bytes::from_static(b"\0x\xff"));
-        e.event = "Ev".into();
+        e.event = "Ev;=%3B".into();
         e.headers
-            .insert("tidings-dead-reason".into(), "x:\n\\\r".into());
+            .insert("tidings-dead-reason".into(), "x:\n\\\r;=%25%".into());
+        e.headers.insert("tidings-status".into(), String::new());
         e.headers.insert("user".into(), String::new());
-        e.headers.insert("odd:name\\".into(), "\\c".into());
+        e.headers.insert("odd:name\\;".into(), "\\c;%".into());
         e.ttl = Some(Duration::from_millis(1234));
         e.correlation_id = Some("c".into());
         e.reply_to = Some("/amq/queue/x".into());
@@ -263,27 +313,74 @@ mod tests {
         }
         e.attempt = 1;
         e.content_type = POSTCARD.into();
+        e.correlation_id = Some(String::new());
         assert_eq!(round_trip(&e, "/topic/ns.a.b"), e);
         e.content_type = "".into();
         assert_eq!(round_trip(&e, "/topic/ns.a.b"), e);
     }
 
     #[test]
+    fn the_fields_travel_in_one_header() {
+        let mut e = Envelope::new("a.b", POSTCARD, Bytes::from_static(b"x"));
+        e.id = "i-1".into();
+        e.timestamp_ms = 5;
+        e.event = "Ev".into();
+        e.emitter = "h.t.1".into();
+        e.correlation_id = Some("c;1".into());
+        e.headers.insert("tidings-status".into(), "ok".into());
+        e.headers.insert("user".into(), "u".into());
+        let head = sent(&e, "/topic/ns.a.b");
+        assert_eq!(
+            head,
+            "destination:/topic/ns.a.b\n\
+             tidings:id=i-1;ts=5;event=Ev;emitter=h.t.1;correlation-id=c%3B1;tidings-status=ok\n\
+             h-user:u\n\
+             content-length:1\n"
+        );
+    }
+
+    #[test]
     fn what_the_frame_says_stays_off_the_wire() {
         let e = Envelope::new("a.b", POSTCARD, Bytes::from_static(b"x"));
         let head = sent(&e, "/topic/ns.a.b");
-        assert!(!head.contains(KEY), "{head}");
-        assert!(!head.contains(CONTENT_TYPE), "{head}");
-        assert!(!head.contains(ATTEMPT), "{head}");
-        // Anywhere else (a queue, another namespace) the key goes as a header.
+        for field in [KEY, CONTENT_TYPE, ATTEMPT] {
+            assert!(!head.contains(&format!(";{field}=")), "{head}");
+        }
+        // Anywhere else (a queue, another namespace) the key is in the pack.
         for destination in ["/amq/queue/q", "/topic/other.a.b", "/topic/ns.a"] {
-            assert!(sent(&e, destination).contains(KEY), "to {destination}");
+            assert!(
+                sent(&e, destination).contains(";key=a.b"),
+                "to {destination}"
+            );
         }
     }
 
     #[test]
+    fn earlier_versions_frames_decode_the_same() {
+        let old = "tidings-id:1\ntidings-ts:5\ntidings-key:a.b\ntidings-event:E\\c\n\
+                   tidings-content-type:application/json\ntidings-ttl-ms:10\n\
+                   tidings-correlation-id:c\ntidings-reply-to:r\ntidings-emitter:e\n\
+                   tidings-attempt:2\nh-tidings-status:ok\n";
+        let e = decode(&delivered(old, b"{}"), &topics());
+        let mut want = Envelope::new("a.b", "application/json", Bytes::from_static(b"{}"));
+        want.id = "1".into();
+        want.timestamp_ms = 5;
+        want.event = "E:".into();
+        want.ttl = Some(Duration::from_millis(10));
+        want.correlation_id = Some("c".into());
+        want.reply_to = Some("r".into());
+        want.emitter = "e".into();
+        want.attempt = 2;
+        want.headers.insert("tidings-status".into(), "ok".into());
+        assert_eq!(e, want);
+        // Without `tidings-content-type` an earlier frame is postcard too.
+        let e = decode(&delivered("tidings-id:1\n", b""), &topics());
+        assert_eq!(e.content_type, POSTCARD);
+    }
+
+    #[test]
     fn the_key_is_read_from_the_topic_delivered_from() {
-        let ids = "tidings-id:1\ntidings-ts:5\n";
+        let ids = "tidings:id=1;ts=5\n";
         let rabbit = decode(
             &delivered(&format!("destination:/topic/ns.a.b\n{ids}"), b""),
             &topics(),
@@ -294,10 +391,10 @@ mod tests {
         let queue = "destination:/queue/Consumer.g.ns.a.*\noriginal-destination:/topic/ns.a.c\n";
         let amq = decode(&delivered(&format!("{queue}{ids}"), b""), &topics());
         assert_eq!(amq.routing_key, "a.c");
-        // An explicit header wins; a destination elsewhere says nothing.
-        let header = format!("destination:/topic/ns.a.b\ntidings-key:x.y\n{ids}");
+        // A key in the pack wins; a destination elsewhere says nothing.
+        let header = "destination:/topic/ns.a.b\ntidings:id=1;ts=5;key=x.y\n";
         assert_eq!(
-            decode(&delivered(&header, b""), &topics()).routing_key,
+            decode(&delivered(header, b""), &topics()).routing_key,
             "x.y"
         );
         let elsewhere = decode(
@@ -317,19 +414,22 @@ mod tests {
     #[test]
     fn garbage_decodes_without_panic() {
         let m = delivered(
-            "tidings-attempt:x\ntidings-ts:-1\ntidings-attempt:7\ntidings-key:\\q\\\n",
+            "tidings:attempt=x;=;;noeq;ts=-1;id=%3;key=\\q\\;%;attempt=7;tidings-=%2\n\
+             tidings-attempt:7\ntidings:\n",
             b"",
         );
         let e = decode(&m, &topics());
         assert_eq!(e.attempt, 1);
         assert_eq!(e.timestamp_ms, 0);
+        assert_eq!(e.id, "%3");
         assert_eq!(e.routing_key, "\\q\\");
+        assert_eq!(e.headers["tidings-"], "%2");
     }
 
     #[test]
     fn redelivered_counts_as_an_attempt() {
         let e = decode(
-            &delivered("redelivered:true\ntidings-attempt:2\r\n", b"x"),
+            &delivered("redelivered:true\ntidings:attempt=2\r\n", b"x"),
             &topics(),
         );
         assert_eq!(e.attempt, 3);

@@ -83,7 +83,7 @@ pub(crate) struct Plan {
 /// ASCII letters, digits, `_`, `-`, joined by dots).
 pub(crate) trait Dialect: Send + Sync + fmt::Debug + 'static {
     /// The SEND destination of a publish under `key`: the same prefix for every key, then the
-    /// key (the wire format leaves `tidings-key` off such a SEND and reads the key back from
+    /// key (the wire format leaves the key out of such a SEND and reads the key back from
     /// the destination, see `wire::KeyedTopics`).
     fn publish_destination(&self, namespace: &str, key: &str) -> String;
 
