@@ -389,6 +389,7 @@ fn main() {
     let run_plain = only != "tidings";
     let run_tidings = only != "plain";
     let rt = tokio::runtime::Builder::new_multi_thread()
+        // `BENCH_WORKERS=1`: every task on one thread, to tell wake-ups across threads apart.
         .worker_threads(env_or("BENCH_WORKERS", 2))
         .enable_all()
         .build()
