@@ -9,7 +9,8 @@
 //!
 //! Run: `cargo bench -p tidings-amqp10 --bench vs_fe2o3` (broker: `TIDINGS_AMQP10_URL`).
 //! `TIDINGS_BENCH_SIDE=plain|tidings` runs one side only (for `perf`); `TIDINGS_BENCH_ROUNDS`
-//! sets how many alternating rounds run (default 2; the best of each side is reported);
+//! sets how many alternating rounds run (default 2; each round's rates are printed, then the
+//! best of each side);
 //! `TIDINGS_BENCH_CALLS` how many RPC calls (default 2000; 0 leaves the throughput phase alone);
 //! `TIDINGS_BENCH_MESSAGES` how many messages the throughput phase sends (default 20000).
 
@@ -365,12 +366,19 @@ fn main() {
         // Alternating plain, tidings, plain, tidings, …: the best of each is reported.
         let (mut plain, mut tidings) = (Vec::new(), Vec::new());
         for round in 0..rounds {
+            let mut line = format!("round {round}:");
             if side != "tidings" {
-                plain.push(plain_side(&format!("bench-p{round}-{id}")).await);
+                let r = plain_side(&format!("bench-p{round}-{id}")).await;
+                line += &format!(" plain {:.0} msg/s, p50 {:?};", r.throughput, r.p50);
+                plain.push(r);
             }
             if side != "plain" {
-                tidings.push(tidings_side(&format!("bench-t{round}-{id}")).await);
+                let r = tidings_side(&format!("bench-t{round}-{id}")).await;
+                line += &format!(" tidings {:.0} msg/s, p50 {:?}", r.throughput, r.p50);
+                tidings.push(r);
             }
+            // Each round on its own, so that many rounds can be pooled (ratio of medians).
+            println!("{line}");
         }
         let best = |all: Vec<Result>| {
             all.into_iter().reduce(|a, b| Result {
