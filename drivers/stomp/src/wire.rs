@@ -66,7 +66,7 @@ const USER_PREFIX: &str = "h-";
 /// The content type a tidings message without `content-type` has.
 const DEFAULT_CONTENT_TYPE: &str = POSTCARD;
 
-/// Where a frame's routing key is when it has no `tidings-key` header: the destination a
+/// Where a frame's routing key is when it has no `key` item: the destination a
 /// publish to that key goes to is `topic` followed by the key.
 #[derive(Debug)]
 pub(crate) struct KeyedTopics {
@@ -186,7 +186,7 @@ pub(crate) fn decode(message: &RawMessage, topics: &KeyedTopics) -> Envelope {
             continue;
         }
         match name {
-            b"tidings" => {
+            _ if name == PACK.as_bytes() => {
                 for (name, value) in items(value) {
                     if name.starts_with(headers::RESERVED_PREFIX.as_bytes()) {
                         if let Entry::Vacant(slot) = envelope.headers.entry(unescape_item(name)) {
