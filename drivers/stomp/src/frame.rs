@@ -112,24 +112,39 @@ pub(crate) struct Items<'a> {
 }
 
 impl Items<'_> {
-    fn start(&mut self, name: &[u8]) {
+    /// Ends the item before, if any.
+    fn separate(&mut self) {
         if !self.empty {
             self.head.put_u8(b';');
         }
         self.empty = false;
-        escape_into(self.head, name, NAME_SPECIALS);
+    }
+
+    /// Starts an item named by the driver (a name that needs no escaping).
+    fn start(&mut self, name: &str) {
+        debug_assert!(!contains_any(name.as_bytes(), NAME_SPECIALS), "{name:?}");
+        self.separate();
+        self.head.put_slice(name.as_bytes());
         self.head.put_u8(b'=');
     }
 
-    /// Adds `name=value`.
+    /// Adds `name=value`, for one of the driver's own item names.
     pub(crate) fn text(&mut self, name: &str, value: &str) {
-        self.start(name.as_bytes());
+        self.start(name);
+        escape_into(self.head, value.as_bytes(), ITEM_SPECIALS);
+    }
+
+    /// Adds `name=value` for any name.
+    pub(crate) fn any(&mut self, name: &str, value: &str) {
+        self.separate();
+        escape_into(self.head, name.as_bytes(), NAME_SPECIALS);
+        self.head.put_u8(b'=');
         escape_into(self.head, value.as_bytes(), ITEM_SPECIALS);
     }
 
     /// Adds `name=<number>`.
     pub(crate) fn number(&mut self, name: &str, value: u64) {
-        self.start(name.as_bytes());
+        self.start(name);
         put_number(self.head, value);
     }
 }
@@ -683,7 +698,7 @@ mod tests {
             let mut list = f.items("l");
             for (i, text) in texts.iter().enumerate() {
                 list.text(&format!("n{i}"), text);
-                list.text(&format!("={text}"), "");
+                list.any(&format!("={text}"), "");
             }
             list.number("n", 42);
         }

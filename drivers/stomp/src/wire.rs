@@ -124,7 +124,7 @@ pub(crate) fn encode(
             pack.number(ATTEMPT, u64::from(envelope.attempt));
         }
         for (name, value) in own_headers(envelope) {
-            pack.text(name, value);
+            pack.any(name, value);
         }
     }
     let mut name = String::new();
