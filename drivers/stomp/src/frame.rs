@@ -47,11 +47,16 @@ impl FrameBuilder {
         Self { head }
     }
 
-    /// Adds `name:value`, for one of the driver's own header names (which need no escaping).
-    pub(crate) fn header(&mut self, name: &str, value: &str) {
+    /// Starts a header with one of the driver's own names (which need no escaping).
+    fn name(&mut self, name: &str) {
         debug_assert!(!needs_escaping(name.as_bytes()), "{name:?}");
         self.head.put_slice(name.as_bytes());
         self.head.put_u8(b':');
+    }
+
+    /// Adds `name:value`, for one of the driver's own header names.
+    pub(crate) fn header(&mut self, name: &str, value: &str) {
+        self.name(name);
         escape_into(&mut self.head, value.as_bytes(), STOMP_SPECIALS);
         self.head.put_u8(b'\n');
     }
@@ -66,18 +71,14 @@ impl FrameBuilder {
 
     /// Adds `name:<number>`.
     pub(crate) fn number(&mut self, name: &str, value: u64) {
-        debug_assert!(!needs_escaping(name.as_bytes()), "{name:?}");
-        self.head.put_slice(name.as_bytes());
-        self.head.put_u8(b':');
+        self.name(name);
         put_number(&mut self.head, value);
         self.head.put_u8(b'\n');
     }
 
     /// Starts the header `name` whose value is a list of items (see [`Items`]).
     pub(crate) fn items(&mut self, name: &str) -> Items<'_> {
-        debug_assert!(!needs_escaping(name.as_bytes()), "{name:?}");
-        self.head.put_slice(name.as_bytes());
-        self.head.put_u8(b':');
+        self.name(name);
         Items {
             head: &mut self.head,
             empty: true,

@@ -819,18 +819,18 @@ async fn run_session(
     let (orphans_tx, mut orphans) = mpsc::unbounded_channel::<String>();
     let disconnecting = AtomicBool::new(false);
 
+    // Three times the agreed interval of silence before calling the broker dead: ActiveMQ
+    // sends its first heart-beat only after twice the interval, so a deadline of twice raced
+    // it and a busy broker lost the race.
+    let silence_deadline = expect_every.map(|every| every * 3);
     let reading = async {
         loop {
-            let next = match expect_every {
-                // Three times the agreed interval before calling it dead: ActiveMQ sends its
-                // first heart-beat only after twice the interval, so a deadline of twice
-                // raced it and a busy broker lost the race.
-                Some(every) => match tokio::time::timeout(every * 3, reader.next()).await {
+            let next = match silence_deadline {
+                Some(deadline) => match tokio::time::timeout(deadline, reader.next()).await {
                     Ok(next) => next,
                     Err(_) => {
                         return Ended::Lost(format!(
-                            "no heart-beat from the broker for {:?}",
-                            every * 3
+                            "no heart-beat from the broker for {deadline:?}"
                         ))
                     }
                 },

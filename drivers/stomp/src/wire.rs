@@ -17,9 +17,7 @@
 //! Decoding never fails: a missing or malformed field becomes an empty or default value, and
 //! the core then dead-letters the message as undecodable instead of the driver panicking.
 
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::time::Duration;
 
 use tidings_core::codec::POSTCARD;
@@ -123,7 +121,7 @@ pub(crate) fn encode(
         if envelope.attempt != 1 {
             pack.number(ATTEMPT, u64::from(envelope.attempt));
         }
-        for (name, value) in own_headers(envelope) {
+        for (name, value) in envelope.headers.iter().filter(|(name, _)| is_own(name)) {
             pack.any(name, value);
         }
     }
@@ -143,16 +141,6 @@ pub(crate) fn encode(
 /// which travel in the pack rather than as application headers.
 fn is_own(header: &str) -> bool {
     header.starts_with(headers::RESERVED_PREFIX)
-}
-
-/// The envelope's `tidings-*` headers (one range of the sorted map).
-fn own_headers(envelope: &Envelope) -> impl Iterator<Item = (&String, &String)> {
-    let from: (Bound<&str>, Bound<&str>) =
-        (Bound::Included(headers::RESERVED_PREFIX), Bound::Unbounded);
-    envelope
-        .headers
-        .range::<str, _>(from)
-        .take_while(|(name, _)| is_own(name))
 }
 
 /// The envelope carried by a MESSAGE's headers and body. The first of repeated headers wins,
@@ -180,18 +168,21 @@ pub(crate) fn decode(message: &RawMessage, topics: &KeyedTopics) -> Envelope {
     let (mut destination, mut original) = (None, None);
     for (name, value) in message.headers() {
         if let Some(user) = name.strip_prefix(USER_PREFIX.as_bytes()) {
-            if let Entry::Vacant(slot) = envelope.headers.entry(unescape(user)) {
-                slot.insert(unescape(value));
-            }
+            // The first of repeated headers wins.
+            envelope
+                .headers
+                .entry(unescape(user))
+                .or_insert_with(|| unescape(value));
             continue;
         }
         match name {
             _ if name == PACK.as_bytes() => {
                 for (name, value) in items(value) {
                     if name.starts_with(headers::RESERVED_PREFIX.as_bytes()) {
-                        if let Entry::Vacant(slot) = envelope.headers.entry(unescape_item(name)) {
-                            slot.insert(unescape_item(value));
-                        }
+                        envelope
+                            .headers
+                            .entry(unescape_item(name))
+                            .or_insert_with(|| unescape_item(value));
                     } else {
                         set_field(&mut envelope, &mut seen, name, || unescape_item(value));
                     }
