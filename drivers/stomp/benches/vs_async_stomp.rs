@@ -1,7 +1,8 @@
 //! tidings-stomp beside a plain async-stomp program doing the same work, on both brokers, in
 //! the same run: publish throughput to a group (every SEND persistent and confirmed by a
 //! receipt, every delivery acked, 100 publishes in flight) and RPC round-trip latency (p50,
-//! p99; sequential calls, request persistent with a receipt, reply with a receipt).
+//! p99; sequential calls, request persistent with a receipt, reply with a receipt; the two
+//! clients' calls interleaved).
 //!
 //! `cargo bench -p tidings-stomp --bench vs_async_stomp`; numbers go in
 //! `docs/benchmarks-stomp.md`. Set `BENCH_MESSAGES` / `BENCH_CALLS` to change the sizes.
@@ -117,6 +118,23 @@ fn send(destination: &str, body: Vec<u8>, persistent: bool, receipt: String) -> 
         body: Some(body),
     }
     .into()
+}
+
+fn push_header(message: &mut Message<ToServer>, name: &str, value: String) {
+    if let ToServer::Send {
+        headers: Some(headers),
+        ..
+    } = &mut message.content
+    {
+        headers.push((name.to_owned(), value));
+    }
+}
+
+fn now_ms() -> u64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(since_epoch.as_millis()).unwrap()
 }
 
 fn subscribe(
@@ -260,112 +278,219 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     (at(0.50), at(0.99))
 }
 
-async fn plain_rpc(broker: Broker, ns: &str, calls: usize) -> (Duration, Duration) {
-    let p = plan(broker, ns, "plain-rpc");
-    let mut server = plain_connect(broker).await;
-    let mut headers = p.group_headers.clone();
-    headers.push((p.prefetch.to_owned(), "10".to_owned()));
-    server
-        .send(subscribe(
-            &p.group_sub,
-            "s",
-            headers,
-            AckMode::ClientIndividual,
-        ))
-        .await
-        .unwrap();
-    await_receipt(&mut server, "sub").await;
-    let inbox_send = p.inbox_send.clone();
-    let serving = tokio::spawn(async move {
-        let mut n = 0u64;
-        while let Some(Ok(m)) = server.next().await {
-            if let FromServer::Message {
-                ack: Some(id),
-                body,
-                ..
-            } = m.content
-            {
-                n += 1;
-                server
-                    .send(send(
-                        &inbox_send,
+/// A plain async-stomp caller and server: the server replies from its own connection.
+struct PlainRpc {
+    client: async_stomp::client::ClientTransport,
+    serving: tokio::task::JoinHandle<()>,
+    broker: Broker,
+    publish: String,
+    inbox: String,
+    sent: usize,
+}
+
+impl PlainRpc {
+    async fn start(broker: Broker, ns: &str) -> Self {
+        let p = plan(broker, ns, "plain-rpc");
+        let mut server = plain_connect(broker).await;
+        let mut headers = p.group_headers.clone();
+        headers.push((p.prefetch.to_owned(), "10".to_owned()));
+        server
+            .send(subscribe(
+                &p.group_sub,
+                "s",
+                headers,
+                AckMode::ClientIndividual,
+            ))
+            .await
+            .unwrap();
+        await_receipt(&mut server, "sub").await;
+        let serving = tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Some(Ok(m)) = server.next().await {
+                if let FromServer::Message {
+                    ack: Some(id),
+                    headers,
+                    body,
+                    ..
+                } = m.content
+                {
+                    n += 1;
+                    let header = |name: &str| {
+                        headers
+                            .iter()
+                            .find(|(k, _)| k == name)
+                            .map(|(_, v)| v.clone())
+                    };
+                    let (Some(reply_to), Some(correlation)) =
+                        (header("reply-to"), header("correlation-id"))
+                    else {
+                        panic!("request without reply-to / correlation-id");
+                    };
+                    let mut reply = send(
+                        &reply_to,
                         body.unwrap_or_default(),
                         false,
                         format!("rep{n}"),
-                    ))
-                    .await
-                    .unwrap();
-                server
-                    .send(
-                        ToServer::Ack {
-                            id,
-                            transaction: None,
-                        }
-                        .into(),
-                    )
-                    .await
-                    .unwrap();
+                    );
+                    push_header(&mut reply, "correlation-id", correlation);
+                    server.send(reply).await.unwrap();
+                    server
+                        .send(
+                            ToServer::Ack {
+                                id,
+                                transaction: None,
+                            }
+                            .into(),
+                        )
+                        .await
+                        .unwrap();
+                }
             }
-        }
-    });
-    let mut client = plain_connect(broker).await;
-    client
-        .send(subscribe(
-            &p.inbox_sub,
-            "i",
-            p.inbox_headers.clone(),
-            AckMode::Auto,
-        ))
-        .await
-        .unwrap();
-    await_receipt(&mut client, "sub").await;
-    let mut samples = Vec::with_capacity(calls);
-    for i in 0..calls + 20 {
-        let start = Instant::now();
+        });
+        let mut client = plain_connect(broker).await;
         client
-            .send(send(&p.publish, vec![2, 40], true, format!("q{i}")))
+            .send(subscribe(
+                &p.inbox_sub,
+                "i",
+                p.inbox_headers.clone(),
+                AckMode::Auto,
+            ))
             .await
             .unwrap();
+        await_receipt(&mut client, "sub").await;
+        Self {
+            client,
+            serving,
+            broker,
+            publish: p.publish,
+            inbox: p.inbox_send,
+            sent: 0,
+        }
+    }
+
+    /// One call: the request's RECEIPT and the reply with the request's correlation id. Like
+    /// tidings' call, the request names its reply destination and carries the call's deadline
+    /// (30 s) as a broker expiry, so a server never answers a caller that gave up.
+    async fn call(&mut self) -> Duration {
+        self.sent += 1;
+        let start = Instant::now();
+        let correlation = self.sent.to_string();
+        let mut request = send(&self.publish, vec![2, 40], true, format!("q{}", self.sent));
+        push_header(&mut request, "reply-to", self.inbox.clone());
+        push_header(&mut request, "correlation-id", correlation.clone());
+        let (name, value) = match self.broker {
+            Broker::RabbitMq => ("expiration", 30_000),
+            Broker::ActiveMq => ("expires", now_ms() + 30_000),
+        };
+        push_header(&mut request, name, value.to_string());
+        self.client.send(request).await.unwrap();
         let (mut receipt, mut reply) = (false, false);
         while !(receipt && reply) {
-            match client.next().await.unwrap().unwrap().content {
+            match self.client.next().await.unwrap().unwrap().content {
                 FromServer::Receipt { .. } => receipt = true,
-                FromServer::Message { .. } => reply = true,
+                FromServer::Message { headers, .. } => {
+                    reply |= headers
+                        .iter()
+                        .any(|(k, v)| k == "correlation-id" && *v == correlation);
+                }
+                _ => {}
+            }
+        }
+        start.elapsed()
+    }
+
+    fn stop(self) {
+        // Closes the server's connection, so its queue can be deleted.
+        self.serving.abort();
+    }
+}
+
+/// A tidings caller and server, each on its own bus.
+struct TidingsRpc {
+    client: Bus,
+    server: Bus,
+    name: String,
+}
+
+impl TidingsRpc {
+    async fn start(broker: Broker, ns: &str) -> Self {
+        let url = broker.url_in(ns, "");
+        let server = Bus::new(tidings_stomp::connect(&url).await.unwrap());
+        let client = Bus::new(tidings_stomp::connect(&url).await.unwrap());
+        let name = format!("{ns}.add");
+        server
+            .serve(&name, |pair: Vec<u8>| async move {
+                Ok(pair.iter().map(|x| u64::from(*x)).sum::<u64>())
+            })
+            .await
+            .unwrap();
+        Self {
+            client,
+            server,
+            name,
+        }
+    }
+
+    async fn call(&self) -> Duration {
+        let start = Instant::now();
+        let sum: u64 = self.client.call(&self.name, &vec![2u8, 40]).await.unwrap();
+        assert_eq!(sum, 42);
+        start.elapsed()
+    }
+
+    async fn stop(self) {
+        let _ = self.client.shutdown().await;
+        let _ = self.server.shutdown().await;
+    }
+}
+
+/// Sequential calls of both clients, interleaved one by one (who goes first alternates), so
+/// that both see the same broker: its disk, its JIT and its garbage collector change over a
+/// run, and a client measured after the other would get a different broker. The first 20
+/// calls of each are warm-up. Returns (plain, tidings) samples; `None` for a client not run.
+async fn rpc(
+    broker: Broker,
+    ns: &str,
+    calls: usize,
+    run_plain: bool,
+    run_tidings: bool,
+) -> (Option<Vec<Duration>>, Option<Vec<Duration>>) {
+    let mut plain = if run_plain {
+        Some(PlainRpc::start(broker, ns).await)
+    } else {
+        None
+    };
+    let tidings = if run_tidings {
+        Some(TidingsRpc::start(broker, ns).await)
+    } else {
+        None
+    };
+    let mut plain_samples = Vec::with_capacity(calls);
+    let mut tidings_samples = Vec::with_capacity(calls);
+    for i in 0..calls + 20 {
+        let mut took = (None, None);
+        for turn in [i % 2, 1 - i % 2] {
+            match (turn, &mut plain, &tidings) {
+                (0, Some(p), _) => took.0 = Some(p.call().await),
+                (1, _, Some(t)) => took.1 = Some(t.call().await),
                 _ => {}
             }
         }
         if i >= 20 {
-            samples.push(start.elapsed());
+            plain_samples.extend(took.0);
+            tidings_samples.extend(took.1);
         }
     }
-    // Closes the server's connection, so its queue can be deleted.
-    serving.abort();
-    percentiles(samples)
-}
-
-async fn tidings_rpc(broker: Broker, ns: &str, calls: usize) -> (Duration, Duration) {
-    let url = broker.url_in(ns, "");
-    let server = Bus::new(tidings_stomp::connect(&url).await.unwrap());
-    let client = Bus::new(tidings_stomp::connect(&url).await.unwrap());
-    let name = format!("{ns}.add");
-    server
-        .serve(&name, |pair: Vec<u8>| async move {
-            Ok(pair.iter().map(|x| u64::from(*x)).sum::<u64>())
-        })
-        .await
-        .unwrap();
-    let mut samples = Vec::with_capacity(calls);
-    for i in 0..calls + 20 {
-        let start = Instant::now();
-        let sum: u64 = client.call(&name, &vec![2u8, 40]).await.unwrap();
-        assert_eq!(sum, 42);
-        if i >= 20 {
-            samples.push(start.elapsed());
-        }
+    if let Some(p) = plain {
+        p.stop();
     }
-    let _ = client.shutdown().await;
-    let _ = server.shutdown().await;
-    percentiles(samples)
+    if let Some(t) = tidings {
+        t.stop().await;
+    }
+    (
+        run_plain.then_some(plain_samples),
+        run_tidings.then_some(tidings_samples),
+    )
 }
 
 /// The median of `runs`.
@@ -413,16 +538,13 @@ fn main() {
                 }
             }
             let zero = (Duration::ZERO, Duration::ZERO);
-            let (pp50, pp99) = if run_plain && calls > 0 {
-                plain_rpc(broker, &ns, calls).await
+            let (plain_calls, tidings_calls) = if calls > 0 {
+                rpc(broker, &ns, calls, run_plain, run_tidings).await
             } else {
-                zero
+                (None, None)
             };
-            let (tp50, tp99) = if run_tidings && calls > 0 {
-                tidings_rpc(broker, &ns, calls).await
-            } else {
-                zero
-            };
+            let (pp50, pp99) = plain_calls.map_or(zero, percentiles);
+            let (tp50, tp99) = tidings_calls.map_or(zero, percentiles);
             let plain_rate = if run_plain {
                 median(plain_rates.clone())
             } else {
