@@ -1,8 +1,9 @@
 //! tidings-stomp beside a plain async-stomp program doing the same work, on both brokers, in
 //! the same run: publish throughput to a group (every SEND persistent and confirmed by a
 //! receipt, every delivery acked, 100 publishes in flight) and RPC round-trip latency (p50,
-//! p99; sequential calls, request persistent with a receipt, reply with a receipt; the two
-//! clients' calls interleaved).
+//! p99; sequential calls, request persistent with a receipt and the call's deadline, reply with
+//! a receipt and the correlation id; the two clients' calls interleaved). Each round runs both
+//! parts on fresh connections; the medians over the rounds are reported.
 //!
 //! `cargo bench -p tidings-stomp --bench vs_async_stomp`; numbers go in
 //! `docs/benchmarks-stomp.md`. Set `BENCH_MESSAGES` / `BENCH_CALLS` to change the sizes.
@@ -23,6 +24,9 @@ use tidings_core::Bus;
 use tokio::sync::{mpsc, Semaphore};
 
 const WINDOW: usize = 100;
+
+/// A call's deadline: tidings' default call timeout.
+const DEADLINE: Duration = tidings_core::rpc::DEFAULT_CALL_TIMEOUT;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -370,7 +374,8 @@ impl PlainRpc {
 
     /// One call: the request's RECEIPT and the reply with the request's correlation id. Like
     /// tidings' call, the request names its reply destination and carries the call's deadline
-    /// (30 s) as a broker expiry, so a server never answers a caller that gave up.
+    /// as a broker expiry, so a server never answers a caller that gave up, and the caller
+    /// waits no longer than the deadline.
     async fn call(&mut self) -> Duration {
         self.sent += 1;
         let start = Instant::now();
@@ -379,23 +384,29 @@ impl PlainRpc {
         push_header(&mut request, "reply-to", self.inbox.clone());
         push_header(&mut request, "correlation-id", correlation.clone());
         let (name, value) = match self.broker {
-            Broker::RabbitMq => ("expiration", 30_000),
-            Broker::ActiveMq => ("expires", now_ms() + 30_000),
+            Broker::RabbitMq => ("expiration", DEADLINE.as_millis()),
+            Broker::ActiveMq => ("expires", u128::from(now_ms()) + DEADLINE.as_millis()),
         };
         push_header(&mut request, name, value.to_string());
         self.client.send(request).await.unwrap();
-        let (mut receipt, mut reply) = (false, false);
-        while !(receipt && reply) {
-            match self.client.next().await.unwrap().unwrap().content {
-                FromServer::Receipt { .. } => receipt = true,
-                FromServer::Message { headers, .. } => {
-                    reply |= headers
-                        .iter()
-                        .any(|(k, v)| k == "correlation-id" && *v == correlation);
+        let client = &mut self.client;
+        let answered = async {
+            let (mut receipt, mut reply) = (false, false);
+            while !(receipt && reply) {
+                match client.next().await.unwrap().unwrap().content {
+                    FromServer::Receipt { .. } => receipt = true,
+                    FromServer::Message { headers, .. } => {
+                        reply |= headers
+                            .iter()
+                            .any(|(k, v)| k == "correlation-id" && *v == correlation);
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
-        }
+        };
+        tokio::time::timeout(DEADLINE, answered)
+            .await
+            .expect("plain call timed out");
         start.elapsed()
     }
 
@@ -493,6 +504,19 @@ async fn rpc(
     )
 }
 
+/// The medians of the runs' p50 and p99 (zero without runs).
+fn median_percentiles(runs: &[(Duration, Duration)]) -> (Duration, Duration) {
+    if runs.is_empty() {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let median = |pick: fn(&(Duration, Duration)) -> Duration| {
+        let mut values: Vec<Duration> = runs.iter().map(pick).collect();
+        values.sort();
+        values[values.len() / 2]
+    };
+    (median(|r| r.0), median(|r| r.1))
+}
+
 /// The median of `runs`.
 fn median(mut runs: Vec<f64>) -> f64 {
     runs.sort_by(f64::total_cmp);
@@ -505,7 +529,7 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let n = env_or("BENCH_MESSAGES", if quick { 200 } else { 10_000 });
     let calls = env_or("BENCH_CALLS", if quick { 20 } else { 1_000 });
-    // Throughput runs alternate plain / tidings this many times; the median is reported.
+    // Rounds of throughput (plain, then tidings) and RPC; the medians are reported.
     let rounds = env_or("BENCH_ROUNDS", if quick { 1 } else { 3 }).max(1);
     // `BENCH_ONLY=plain|tidings` runs one client (for `perf stat`), `BENCH_BROKERS=rabbitmq`
     // one broker.
@@ -528,6 +552,7 @@ fn main() {
             }
             let ns = format!("bench-{}", tidings_conformance::support::unique_tag());
             let (mut plain_rates, mut tidings_rates) = (Vec::new(), Vec::new());
+            let (mut plain_rpc, mut tidings_rpc) = (Vec::new(), Vec::new());
             for round in 0..rounds {
                 let ns = format!("{ns}-{round}");
                 if run_plain {
@@ -536,15 +561,14 @@ fn main() {
                 if run_tidings {
                     tidings_rates.push(tidings_throughput(broker, &ns, n).await);
                 }
+                if calls > 0 {
+                    let (plain, tidings) = rpc(broker, &ns, calls, run_plain, run_tidings).await;
+                    plain_rpc.extend(plain.map(percentiles));
+                    tidings_rpc.extend(tidings.map(percentiles));
+                }
             }
-            let zero = (Duration::ZERO, Duration::ZERO);
-            let (plain_calls, tidings_calls) = if calls > 0 {
-                rpc(broker, &ns, calls, run_plain, run_tidings).await
-            } else {
-                (None, None)
-            };
-            let (pp50, pp99) = plain_calls.map_or(zero, percentiles);
-            let (tp50, tp99) = tidings_calls.map_or(zero, percentiles);
+            let (pp50, pp99) = median_percentiles(&plain_rpc);
+            let (tp50, tp99) = median_percentiles(&tidings_rpc);
             let plain_rate = if run_plain {
                 median(plain_rates.clone())
             } else {
@@ -574,8 +598,18 @@ fn main() {
                 "{}: throughput runs (msg/s): plain {plain_rates:.0?}, tidings {tidings_rates:.0?}",
                 broker.label()
             );
-            let mut namespaces: Vec<String> = (0..rounds).map(|r| format!("{ns}-{r}")).collect();
-            namespaces.push(ns);
+            let micros = |runs: &[(Duration, Duration)]| -> Vec<(u128, u128)> {
+                runs.iter()
+                    .map(|(p50, p99)| (p50.as_micros(), p99.as_micros()))
+                    .collect()
+            };
+            eprintln!(
+                "{}: RPC runs (p50, p99 in µs): plain {:?}, tidings {:?}",
+                broker.label(),
+                micros(&plain_rpc),
+                micros(&tidings_rpc)
+            );
+            let namespaces: Vec<String> = (0..rounds).map(|r| format!("{ns}-{r}")).collect();
             tokio::task::spawn_blocking(move || common::admin::purge(broker, &namespaces))
                 .await
                 .unwrap();
