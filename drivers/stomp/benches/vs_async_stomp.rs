@@ -529,7 +529,8 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let n = env_or("BENCH_MESSAGES", if quick { 200 } else { 10_000 });
     let calls = env_or("BENCH_CALLS", if quick { 20 } else { 1_000 });
-    // Rounds of throughput (plain, then tidings) and RPC; the medians are reported.
+    // Rounds of throughput (plain and tidings, who goes first alternating) and RPC; the medians
+    // are reported.
     let rounds = env_or("BENCH_ROUNDS", if quick { 1 } else { 3 }).max(1);
     // `BENCH_ONLY=plain|tidings` runs one client (for `perf stat`), `BENCH_BROKERS=rabbitmq`
     // one broker.
@@ -555,11 +556,15 @@ fn main() {
             let (mut plain_rpc, mut tidings_rpc) = (Vec::new(), Vec::new());
             for round in 0..rounds {
                 let ns = format!("{ns}-{round}");
-                if run_plain {
-                    plain_rates.push(plain_throughput(broker, &ns, n).await);
-                }
-                if run_tidings {
-                    tidings_rates.push(tidings_throughput(broker, &ns, n).await);
+                // Who goes first alternates: a run leaves the broker busy for a while (acked
+                // messages to clean up), which slows whoever runs next.
+                for plain_turn in [round % 2 == 0, round % 2 == 1] {
+                    if plain_turn && run_plain {
+                        plain_rates.push(plain_throughput(broker, &ns, n).await);
+                    }
+                    if !plain_turn && run_tidings {
+                        tidings_rates.push(tidings_throughput(broker, &ns, n).await);
+                    }
                 }
                 if calls > 0 {
                     let (plain, tidings) = rpc(broker, &ns, calls, run_plain, run_tidings).await;
