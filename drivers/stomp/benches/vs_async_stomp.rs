@@ -124,6 +124,14 @@ fn send(destination: &str, body: Vec<u8>, persistent: bool, receipt: String) -> 
     .into()
 }
 
+fn ack(id: String) -> Message<ToServer> {
+    ToServer::Ack {
+        id,
+        transaction: None,
+    }
+    .into()
+}
+
 fn push_header(message: &mut Message<ToServer>, name: &str, value: String) {
     if let ToServer::Send {
         headers: Some(headers),
@@ -170,13 +178,15 @@ async fn await_receipt(t: &mut async_stomp::client::ClientTransport, id: &str) {
     panic!("connection closed before receipt {id}");
 }
 
-async fn plain_throughput(broker: Broker, ns: &str, n: usize) -> f64 {
-    // Its own key: a queue bound to the key tidings publishes under would get every tidings
-    // message too (twice the broker work for tidings, and 10,000 leftovers).
-    let p = plan(broker, ns, "plain-tput");
+/// A connection subscribed to the plan's group queue (`client-individual`, `prefetch`).
+async fn group_consumer(
+    broker: Broker,
+    p: &Plan,
+    prefetch: &str,
+) -> async_stomp::client::ClientTransport {
     let mut consumer = plain_connect(broker).await;
     let mut headers = p.group_headers.clone();
-    headers.push((p.prefetch.to_owned(), "200".to_owned()));
+    headers.push((p.prefetch.to_owned(), prefetch.to_owned()));
     consumer
         .send(subscribe(
             &p.group_sub,
@@ -187,21 +197,20 @@ async fn plain_throughput(broker: Broker, ns: &str, n: usize) -> f64 {
         .await
         .unwrap();
     await_receipt(&mut consumer, "sub").await;
+    consumer
+}
+
+async fn plain_throughput(broker: Broker, ns: &str, n: usize) -> f64 {
+    // Its own key: a queue bound to the key tidings publishes under would get every tidings
+    // message too (twice the broker work for tidings, and 10,000 leftovers).
+    let p = plan(broker, ns, "plain-tput");
+    let mut consumer = group_consumer(broker, &p, "200").await;
     let (done_tx, mut done) = mpsc::channel::<()>(1);
     tokio::spawn(async move {
         let mut seen = 0;
         while let Some(Ok(m)) = consumer.next().await {
             if let FromServer::Message { ack: Some(id), .. } = m.content {
-                consumer
-                    .send(
-                        ToServer::Ack {
-                            id,
-                            transaction: None,
-                        }
-                        .into(),
-                    )
-                    .await
-                    .unwrap();
+                consumer.send(ack(id)).await.unwrap();
                 seen += 1;
                 if seen == n {
                     let _ = done_tx.send(()).await;
@@ -295,19 +304,7 @@ struct PlainRpc {
 impl PlainRpc {
     async fn start(broker: Broker, ns: &str) -> Self {
         let p = plan(broker, ns, "plain-rpc");
-        let mut server = plain_connect(broker).await;
-        let mut headers = p.group_headers.clone();
-        headers.push((p.prefetch.to_owned(), "10".to_owned()));
-        server
-            .send(subscribe(
-                &p.group_sub,
-                "s",
-                headers,
-                AckMode::ClientIndividual,
-            ))
-            .await
-            .unwrap();
-        await_receipt(&mut server, "sub").await;
+        let mut server = group_consumer(broker, &p, "10").await;
         let serving = tokio::spawn(async move {
             let mut n = 0u64;
             while let Some(Ok(m)) = server.next().await {
@@ -338,16 +335,7 @@ impl PlainRpc {
                     );
                     push_header(&mut reply, "correlation-id", correlation);
                     server.send(reply).await.unwrap();
-                    server
-                        .send(
-                            ToServer::Ack {
-                                id,
-                                transaction: None,
-                            }
-                            .into(),
-                        )
-                        .await
-                        .unwrap();
+                    server.send(ack(id)).await.unwrap();
                 }
             }
         });
