@@ -20,6 +20,7 @@ use async_stomp::{AckMode, FromServer, Message, ToServer};
 use common::Broker;
 use futures::{SinkExt, StreamExt};
 use tidings_conformance::support::Note;
+use tidings_core::envelope::now_ms;
 use tidings_core::Bus;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -142,11 +143,12 @@ fn push_header(message: &mut Message<ToServer>, name: &str, value: String) {
     }
 }
 
-fn now_ms() -> u64 {
-    let since_epoch = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    u64::try_from(since_epoch.as_millis()).unwrap()
+/// The value of the first header called `name`.
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn subscribe(
@@ -316,24 +318,15 @@ impl PlainRpc {
                 } = m.content
                 {
                     n += 1;
-                    let header = |name: &str| {
-                        headers
-                            .iter()
-                            .find(|(k, _)| k == name)
-                            .map(|(_, v)| v.clone())
-                    };
-                    let (Some(reply_to), Some(correlation)) =
-                        (header("reply-to"), header("correlation-id"))
-                    else {
+                    let (Some(reply_to), Some(correlation)) = (
+                        header(&headers, "reply-to"),
+                        header(&headers, "correlation-id"),
+                    ) else {
                         panic!("request without reply-to / correlation-id");
                     };
-                    let mut reply = send(
-                        &reply_to,
-                        body.unwrap_or_default(),
-                        false,
-                        format!("rep{n}"),
-                    );
-                    push_header(&mut reply, "correlation-id", correlation);
+                    let mut reply =
+                        send(reply_to, body.unwrap_or_default(), false, format!("rep{n}"));
+                    push_header(&mut reply, "correlation-id", correlation.to_owned());
                     server.send(reply).await.unwrap();
                     server.send(ack(id)).await.unwrap();
                 }
@@ -384,9 +377,7 @@ impl PlainRpc {
                 match client.next().await.unwrap().unwrap().content {
                     FromServer::Receipt { .. } => receipt = true,
                     FromServer::Message { headers, .. } => {
-                        reply |= headers
-                            .iter()
-                            .any(|(k, v)| k == "correlation-id" && *v == correlation);
+                        reply |= header(&headers, "correlation-id") == Some(&correlation);
                     }
                     _ => {}
                 }
@@ -497,18 +488,16 @@ fn median_percentiles(runs: &[(Duration, Duration)]) -> (Duration, Duration) {
     if runs.is_empty() {
         return (Duration::ZERO, Duration::ZERO);
     }
-    let median = |pick: fn(&(Duration, Duration)) -> Duration| {
-        let mut values: Vec<Duration> = runs.iter().map(pick).collect();
-        values.sort();
-        values[values.len() / 2]
-    };
-    (median(|r| r.0), median(|r| r.1))
+    (
+        median(runs.iter().map(|r| r.0).collect()),
+        median(runs.iter().map(|r| r.1).collect()),
+    )
 }
 
 /// The median of `runs`.
-fn median(mut runs: Vec<f64>) -> f64 {
-    runs.sort_by(f64::total_cmp);
-    runs[runs.len() / 2]
+fn median<T: PartialOrd>(mut runs: Vec<T>) -> T {
+    runs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN among the runs"));
+    runs.swap_remove(runs.len() / 2)
 }
 
 fn main() {
