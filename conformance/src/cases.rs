@@ -14,6 +14,12 @@ use crate::ensure;
 use crate::support::{collector, Ctx, Note, QUIET, SOON};
 use crate::BoxFuture;
 
+mod membership;
+use membership::{
+    guard_toggling_while_messages_flow_strands_nothing,
+    member_leaving_while_messages_flow_strands_nothing,
+};
+
 /// What a case returns: any error fails it, with its text as the reason (driver errors and
 /// the suite's own messages alike, through `?`).
 type Outcome = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -96,6 +102,8 @@ cases! {
     ten_thousand_messages_none_lost_or_duplicated, always, 180;
     graceful_shutdown_finishes_in_flight_handlers, always, 30;
     active_when_guard_sends_work_to_other_members, always, 30;
+    member_leaving_while_messages_flow_strands_nothing, always, 90;
+    guard_toggling_while_messages_flow_strands_nothing, always, 90;
     invalid_keys_patterns_and_names_are_clear_errors, always, 30;
 }
 
@@ -444,14 +452,28 @@ async fn undecodable_payload_is_dead_lettered_without_retry(ctx: Arc<Ctx>) -> Ou
     let wrong_type = Envelope::new("input", "text/csv", Bytes::from_static(b"1,2,3"));
     bus.publish_envelope(wrong_type, &PublishOptions::default())
         .await?;
+    // JSON under the postcard content type: postcard alone reads a prefix of it as a valid
+    // note (n = 123, the `{`) and ignores the rest.
+    let mislabelled_json = Note {
+        n: 1,
+        text: "x".repeat(40),
+    };
+    let mut mislabelled = Envelope::new(
+        "input",
+        POSTCARD,
+        Bytes::from(serde_json::to_vec(&mislabelled_json)?),
+    );
+    mislabelled.event = "conformance_note".into();
+    bus.publish_envelope(mislabelled, &PublishOptions::default())
+        .await?;
     let mut dead = bus.dead_letters(&group).await?;
     let mut reasons = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let letter = tokio::time::timeout(SOON, dead.next())
             .await
             .map_err(|_| {
                 format!(
-                    "only {} of 2 undecodable messages were dead-lettered",
+                    "only {} of 3 undecodable messages were dead-lettered",
                     reasons.len()
                 )
             })?
@@ -476,6 +498,10 @@ async fn undecodable_payload_is_dead_lettered_without_retry(ctx: Arc<Ctx>) -> Ou
             .iter()
             .any(|r| r.contains("unknown content type \"text/csv\"")),
         "reasons {reasons:?} do not name the content type"
+    );
+    ensure!(
+        reasons.iter().any(|r| r.contains("left over")),
+        "reasons {reasons:?} do not say the mislabelled JSON body was not read whole"
     );
     ensure!(
         calls.load(Ordering::SeqCst) == 0,

@@ -11,7 +11,7 @@ use fe2o3_amqp::sasl_profile::SaslProfile;
 use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::{Connection, Session};
 use tidings_core::{Error, ErrorKind, Result, Status};
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -74,6 +74,24 @@ pub(crate) struct Live {
     /// down). Links wait on it beside their own operations, because a dead session does not
     /// always fail what is pending on it; one token is cheaper than a watch per operation.
     pub(crate) lost: CancellationToken,
+    /// Asks the supervisor, which owns the connection, for a session of a receiver's own.
+    begin: mpsc::Sender<oneshot::Sender<Result<SessionHandle<()>>>>,
+}
+
+impl Live {
+    /// A new session on this connection, for one receiver link.
+    ///
+    /// Receivers do not share the connection's session: ending its own session is how a
+    /// receiver makes sure the broker takes back every delivery it sent the link, including
+    /// those still on the wire. A broker may keep what a *detached* link held until the whole
+    /// session ends (RabbitMQ 3.x's AMQP 1.0 plugin does: a session is a channel, and a detach
+    /// only cancels the consumer), and the group's other members would never get it.
+    pub(crate) async fn begin_session(&self) -> Result<SessionHandle<()>> {
+        let (reply, session) = oneshot::channel();
+        let lost = || Error::new(ErrorKind::Connection, "the AMQP 1.0 connection was lost");
+        self.begin.send(reply).await.map_err(|_| lost())?;
+        session.await.map_err(|_| lost())?
+    }
 }
 
 /// What the supervisor and all links of one provider share.
@@ -211,21 +229,27 @@ impl Shared {
                 },
             };
             generation += 1;
+            let (begin, mut begin_requests) = mpsc::channel(16);
             let live = Arc::new(Live {
                 generation,
                 session: Mutex::new(session),
                 lost: self.shutdown.child_token(),
+                begin,
             });
             self.live.send_replace(Some(live.clone()));
             self.status.send_replace(Status::Connected);
-            let lost = tokio::select! {
-                _ = self.shutdown.cancelled() => false,
-                _ = connection.on_close() => true,
-                _ = async {
-                    while let Some(g) = broken.recv().await {
-                        if g == generation { break; }
+            let lost = loop {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => break false,
+                    _ = connection.on_close() => break true,
+                    g = broken.recv() => if g.is_none_or(|g| g == generation) { break true },
+                    Some(reply) = begin_requests.recv() => {
+                        let session = Session::begin(&mut connection).await.map_err(|e| {
+                            open_error(&self.config, "begin a session on", &e).with_source(e)
+                        });
+                        let _ = reply.send(session);
                     }
-                } => true,
+                }
             };
             self.live.send_replace(None);
             live.lost.cancel();

@@ -12,6 +12,7 @@ use fe2o3_amqp::link::{CreditMode, ReceiverAttachError, ReceiverDisposer, RecvEr
 use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::Receiver;
+use futures::FutureExt;
 use tidings_core::{
     Completion, Consumer, Delivery, Envelope, Error, ErrorKind, Outcome, Result, Settle,
 };
@@ -135,20 +136,21 @@ async fn run(
         };
         let declared = declare_all(&shared, &spec).await;
         let attached = match declared {
-            Ok(()) => {
-                let mut session = live.session.lock().await;
-                Receiver::builder()
+            Ok(()) => match live.begin_session().await {
+                Ok(mut session) => Receiver::builder()
                     .name(link_name.clone())
                     .source(spec.address.clone())
                     .credit_mode(CreditMode::Manual)
                     .auto_accept(false)
-                    .attach(&mut *session)
+                    .attach(&mut session)
                     .await
-                    .map_err(|e| (session_level(&e), e.to_string()))
-            }
+                    .map(|receiver| (receiver, session))
+                    .map_err(|e| (session_level(&e), e.to_string())),
+                Err(e) => Err((true, e.to_string())),
+            },
             Err(e) => Err((false, e.to_string())),
         };
-        let mut receiver = match attached {
+        let (mut receiver, mut session) = match attached {
             Ok(r) => r,
             Err((session_lost, why)) => {
                 if let Some(ready) = ready.take() {
@@ -188,6 +190,7 @@ async fn run(
             pool: pool.clone(),
             credit: Credit::default(),
             acks: Mutex::new(Vec::new()),
+            releases: Mutex::new(Vec::new()),
         });
         let mut batch = Vec::new();
         // Registered once per link, not once per message.
@@ -248,19 +251,9 @@ async fn run(
             };
             match received {
                 Ok(delivery) => {
-                    link.credit.unsettled.fetch_add(1, Ordering::AcqRel);
-                    let (info, message) = delivery.into_parts();
-                    let redelivered = spec.count_redelivery
-                        && shared.dialect.was_redelivered(message.header.as_ref());
-                    // One envelope, shared by the handler and the settlement (which needs it
-                    // only to send a retry or dead-letter copy): no copy per message.
-                    let envelope = Arc::new(wire::decode(message, redelivered));
-                    let settle = AmqpSettle {
-                        link: link.clone(),
-                        info,
-                        envelope: envelope.clone(),
-                    };
-                    if tx.send(Delivery::new(envelope, Box::new(settle))).is_err() {
+                    if let Err(returned) = tx.send(link.take(&shared, delivery)) {
+                        // The consumer went away meanwhile: this one goes back with the rest.
+                        let _ = returned.0.settle(Outcome::Requeue).await;
                         close = true;
                         break;
                     }
@@ -276,13 +269,55 @@ async fn run(
             }
         }
         if close {
-            // Handlers that acked before the consumer was cancelled or dropped: settled
-            // before the link closes (and so before `Consumer::cancel` returns).
-            let _ = link.flush_acks(&receiver, &mut batch).await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), receiver.close()).await;
+            close_link(receiver, &link, &shared, &mut batch, &live.lost).await;
+            // Whatever the broker sent that the link never saw goes back with the session.
+            let _ = tokio::time::timeout(Duration::from_secs(2), session.end()).await;
             return;
         }
     }
+}
+
+/// How long a closing link waits for the deliveries it handed out to be settled.
+const SETTLE_GRACE: Duration = Duration::from_secs(5);
+
+/// Closes a link after giving back, unchanged, every delivery it holds: the ones handed out
+/// and returned by [`Consumer::cancel`] (or dropped), and the ones already received but not
+/// handed out. What is still on the wire goes back when the link's session ends.
+async fn close_link(
+    mut receiver: Receiver,
+    link: &Arc<LinkSettle>,
+    shared: &Shared,
+    batch: &mut Vec<DeliveryInfo>,
+    lost: &CancellationToken,
+) {
+    let deadline = tokio::time::Instant::now() + SETTLE_GRACE;
+    // Received, not yet handed out (fe2o3 buffers transfers): back into the queue.
+    while let Some(Ok(delivery)) = receiver.recv::<Body<Value>>().now_or_never() {
+        let _ = link.take(shared, delivery).settle(Outcome::Requeue).await;
+    }
+    loop {
+        if !link.flush_acks(&receiver, batch).await || !link.flush_releases(&receiver).await {
+            break;
+        }
+        let unsettled = link.credit.unsettled.load(Ordering::Acquire);
+        if unsettled == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = link.credit.settled.notified() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(
+                    address = %link.spec.address,
+                    unsettled,
+                    "closing a receiver link with deliveries its handlers have not settled"
+                );
+                break;
+            }
+            // The connection went: the broker gives everything back itself.
+            _ = lost.cancelled() => return,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), receiver.close()).await;
 }
 
 async fn declare_all(shared: &Shared, spec: &ReceiverSpec) -> Result<()> {
@@ -325,9 +360,32 @@ struct LinkSettle {
     /// frame per run of consecutive delivery ids) whenever it has nothing to receive, before
     /// granting credit, and before closing the link.
     acks: Mutex<Vec<DeliveryInfo>>,
+    /// Deliveries dropped without being settled, to release before the link closes.
+    releases: Mutex<Vec<DeliveryInfo>>,
 }
 
 impl LinkSettle {
+    /// Turns a received transfer into a delivery of this link (counted unsettled until it is).
+    fn take(
+        self: &Arc<Self>,
+        shared: &Shared,
+        delivery: fe2o3_amqp::link::delivery::Delivery<Body<Value>>,
+    ) -> Delivery {
+        self.credit.unsettled.fetch_add(1, Ordering::AcqRel);
+        let (info, message) = delivery.into_parts();
+        let redelivered =
+            self.spec.count_redelivery && shared.dialect.was_redelivered(message.header.as_ref());
+        // One envelope, shared by the handler and the settlement (which needs it only to send
+        // a retry or dead-letter copy): no copy per message.
+        let envelope = Arc::new(wire::decode(message, redelivered));
+        let settle = AmqpSettle {
+            link: self.clone(),
+            info: Some(info),
+            envelope: envelope.clone(),
+        };
+        Delivery::new(envelope, Box::new(settle))
+    }
+
     /// One delivery is settled (or given up): its credit may be granted again.
     fn release_credit(&self) {
         self.credit.unsettled.fetch_sub(1, Ordering::AcqRel);
@@ -341,6 +399,27 @@ impl LinkSettle {
             .unwrap_or_else(|e| e.into_inner())
             .push(info);
         self.credit.settled.notify_one();
+    }
+
+    /// A delivery dropped unsettled, queued for the link task to release.
+    fn queue_release(&self, info: DeliveryInfo) {
+        self.releases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(info);
+        self.credit.settled.notify_one();
+    }
+
+    /// Releases the deliveries dropped unsettled; `false` if the link failed.
+    async fn flush_releases(&self, receiver: &Receiver) -> bool {
+        let dropped = std::mem::take(&mut *self.releases.lock().unwrap_or_else(|e| e.into_inner()));
+        if dropped.is_empty() {
+            return true;
+        }
+        let count = dropped.len() as u32;
+        let result = receiver.release_all(dropped).await;
+        self.credit.unsettled.fetch_sub(count, Ordering::AcqRel);
+        result.is_ok()
     }
 
     /// Sends the queued accepts; `false` if the link failed (the broker then redelivers).
@@ -359,16 +438,31 @@ impl LinkSettle {
     }
 }
 
-/// Settles one delivery: accept, release, or send a copy back (retry, dead letter) and accept.
+/// Settles one delivery: accept, or send a copy back (requeue, retry, dead letter) and
+/// accept. Dropped unsettled, it is released.
 struct AmqpSettle {
     link: Arc<LinkSettle>,
-    info: DeliveryInfo,
+    /// `None` once settled.
+    info: Option<DeliveryInfo>,
     envelope: Arc<Envelope>,
 }
 
+impl Drop for AmqpSettle {
+    fn drop(&mut self) {
+        if let Some(info) = self.info.take() {
+            self.link.queue_release(info);
+        }
+    }
+}
+
 impl AmqpSettle {
-    async fn accept(self) -> Result<()> {
-        let result = self.link.disposer.accept(self.info).await;
+    fn info(&mut self) -> DeliveryInfo {
+        self.info.take().expect("a delivery is settled once")
+    }
+
+    async fn accept(mut self) -> Result<()> {
+        let info = self.info();
+        let result = self.link.disposer.accept(info).await;
         self.link.release_credit();
         result.map_err(|e| {
             Error::new(
@@ -384,11 +478,12 @@ impl AmqpSettle {
 }
 
 impl Settle for AmqpSettle {
-    fn settle(self: Box<Self>, outcome: Outcome) -> Completion<'static, Result<()>> {
+    fn settle(mut self: Box<Self>, outcome: Outcome) -> Completion<'static, Result<()>> {
         if outcome == Outcome::Ack {
             // The common case: queued for the link task, which sends it promptly, with the
             // other accepts settled meanwhile, in one disposition per range of delivery ids.
-            self.link.queue_accept(self.info);
+            let info = self.info();
+            self.link.queue_accept(info);
             return Completion::ready(Ok(()));
         }
         Completion::later(async move {
@@ -419,7 +514,8 @@ impl Settle for AmqpSettle {
                 .send(address, wire::encode(copy, durable))
                 .await
             {
-                let _ = self.link.disposer.release(self.info.clone()).await;
+                let info = self.info();
+                let _ = self.link.disposer.release(info).await;
                 self.link.release_credit();
                 return Err(e);
             }
