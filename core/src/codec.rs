@@ -81,16 +81,30 @@ impl Codec {
             )
         })?;
         match codec {
-            Self::Postcard => postcard::from_bytes(bytes).map_err(|e| {
-                Error::new(
+            Self::Postcard => match postcard::take_from_bytes(bytes) {
+                // postcard reads what the type needs and stops: a body with bytes left over was
+                // written for another type (or is not postcard at all, such as JSON sent with
+                // the wrong content type), so it must not pass as this one.
+                Ok((value, [])) => Ok(value),
+                Ok((_, rest)) => Err(Error::new(
+                    ErrorKind::Decode,
+                    format!(
+                        "cannot decode {type_name} from {} postcard bytes: {} byte{} left over \
+                         (the body was written for another type or is not postcard)",
+                        bytes.len(),
+                        rest.len(),
+                        if rest.len() == 1 { "" } else { "s" }
+                    ),
+                )),
+                Err(e) => Err(Error::new(
                     ErrorKind::Decode,
                     format!(
                         "cannot decode {type_name} from {} postcard bytes: {e}",
                         bytes.len()
                     ),
                 )
-                .with_source(e)
-            }),
+                .with_source(e)),
+            },
             Self::Json => serde_json::from_slice(bytes).map_err(|e| {
                 Error::new(
                     ErrorKind::Decode,
@@ -133,6 +147,28 @@ mod tests {
         let e = Codec::decode::<Point>(JSON, b"{\"x\":").unwrap_err();
         assert!(e.to_string().contains("line 1"), "{e}");
         let e = Codec::decode::<Point>("text/plain", b"hi").unwrap_err();
+        assert!(e.to_string().contains("unknown content type"), "{e}");
+    }
+
+    /// JSON sent under the postcard content type used to decode as a valid event with garbage
+    /// fields: postcard read a prefix and ignored the rest.
+    #[test]
+    fn a_body_with_bytes_left_over_is_not_this_type() {
+        let json = br#"{"x":1,"label":"a"}"#;
+        let e = Codec::decode::<Point>(POSTCARD, json).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Decode);
+        assert!(e.to_string().contains("left over"), "{e}");
+        let mut bytes = Codec::Postcard
+            .encode(&Point {
+                x: 1,
+                label: "a".into(),
+            })
+            .unwrap()
+            .to_vec();
+        bytes.push(0);
+        let e = Codec::decode::<Point>(POSTCARD, &bytes).unwrap_err();
+        assert!(e.to_string().contains("1 byte left over"), "{e}");
+        let e = Codec::decode::<Point>(JSON, br#"{"x":1,"label":"a"} x"#).unwrap_err();
         assert!(e.to_string().contains("unknown content type"), "{e}");
     }
 }
