@@ -285,7 +285,9 @@ impl Bus {
 
     /// Serves the RPC `name` with `handler`. A handler error goes back to the caller as
     /// [`ErrorKind::Remote`]; so does a panic. Requests sent with [`cast`](Bus::cast) are handled
-    /// the same way, with the reply dropped.
+    /// the same way, with the reply dropped. A reply that cannot be sent (the driver or the
+    /// broker refuses its `reply_to`) is logged and dropped; the request is never run again for
+    /// it.
     pub fn serve<Req, Resp, F, Fut>(&self, name: &str, handler: F) -> Serve<Req, Resp>
     where
         Req: Event,
@@ -370,8 +372,15 @@ where
             interceptor.on_send(&mut reply);
         }
         if let Err(e) = bus.shared.provider.send_to(&address, reply).await {
-            // The request stays unsettled-by-error: retry so the caller may still get a reply.
-            return Err(Failure::Handler(format!("could not send the reply: {e}")));
+            // The handler has run: running it again would not make the address reachable (a
+            // refused address stays refused), so the reply is dropped and the request settled.
+            tracing::warn!(
+                reply_to = %address,
+                correlation_id = ?request.correlation_id,
+                service = %request.routing_key,
+                error = %e,
+                "could not send an RPC reply; dropped it (the request is not retried)"
+            );
         }
     }
     match (poison, result) {
