@@ -166,6 +166,8 @@ pub(crate) fn decode(message: &RawMessage, topics: &KeyedTopics) -> Envelope {
     let mut seen: u16 = 0;
     let mut redelivered = false;
     let (mut destination, mut original) = (None, None);
+    // STOMP's own RPC headers, which plain STOMP callers set (see `plain_rpc_headers`).
+    let (mut reply_to, mut correlation) = (None, None);
     for (name, value) in message.headers() {
         if let Some(user) = name.strip_prefix(USER_PREFIX.as_bytes()) {
             // The first of repeated headers wins.
@@ -189,6 +191,8 @@ pub(crate) fn decode(message: &RawMessage, topics: &KeyedTopics) -> Envelope {
                 }
             }
             b"redelivered" => redelivered |= value == b"true",
+            b"reply-to" => reply_to = reply_to.or(Some(value)),
+            b"correlation-id" => correlation = correlation.or(Some(value)),
             b"destination" => destination = destination.or(Some(value)),
             // ActiveMQ's Virtual Topic consumer queues deliver with `destination` naming the
             // queue, and the topic published to here.
@@ -202,6 +206,7 @@ pub(crate) fn decode(message: &RawMessage, topics: &KeyedTopics) -> Envelope {
             }
         }
     }
+    plain_rpc_headers(&mut envelope, &mut seen, reply_to, correlation);
     if seen & bit(KEY) == 0 {
         if let Some(key) = original.or(destination).and_then(|d| topics.key_of(d)) {
             envelope.routing_key = key;
@@ -218,6 +223,26 @@ pub(crate) fn decode(message: &RawMessage, topics: &KeyedTopics) -> Envelope {
         envelope.attempt = envelope.attempt.saturating_add(1);
     }
     envelope
+}
+
+/// Takes `reply_to` and `correlation_id` from STOMP's own `reply-to` and `correlation-id`
+/// headers when the frame's `tidings` header has no such item: a plain STOMP caller sets them
+/// there, as STOMP RPC does. Only the `reply-to` header can name a caller's temporary queue:
+/// the broker puts an address anyone can send to in its place (RabbitMQ `/reply-queue/..`,
+/// ActiveMQ `/remote-temp-queue/..`). tidings itself never sets these headers (ActiveMQ maps
+/// them onto JMS properties), so its frames read the same as before.
+fn plain_rpc_headers(
+    envelope: &mut Envelope,
+    seen: &mut u16,
+    reply_to: Option<&[u8]>,
+    correlation: Option<&[u8]>,
+) {
+    if let Some(value) = reply_to {
+        set_field(envelope, seen, REPLY_TO.as_bytes(), || unescape(value));
+    }
+    if let Some(value) = correlation {
+        set_field(envelope, seen, CORRELATION.as_bytes(), || unescape(value));
+    }
 }
 
 /// Sets the field named `name` from `text` unless it was already set (the first wins).
@@ -393,6 +418,26 @@ mod tests {
             &topics(),
         );
         assert_eq!(elsewhere.routing_key, "");
+    }
+
+    #[test]
+    fn a_plain_stomp_callers_reply_to_and_correlation_id_headers_are_read() {
+        // As a broker delivers a plain client's request (RabbitMQ rewrote `/temp-queue/r`).
+        let plain = "destination:/topic/ns.svc\nreply-to:/reply-queue/amq.gen-a\\cb\n\
+                     correlation-id:c\\c1\ntidings:id=1;ts=5;content-type=application/json\n";
+        let e = decode(&delivered(plain, b"{}"), &topics());
+        assert_eq!(e.reply_to.as_deref(), Some("/reply-queue/amq.gen-a:b"));
+        assert_eq!(e.correlation_id.as_deref(), Some("c:1"));
+        assert_eq!(e.routing_key, "svc");
+        // The items win over the headers.
+        let both = "reply-to:/queue/h\ncorrelation-id:h\n\
+                    tidings:id=1;reply-to=/queue/i;correlation-id=i\n";
+        let e = decode(&delivered(both, b""), &topics());
+        assert_eq!(e.reply_to.as_deref(), Some("/queue/i"));
+        assert_eq!(e.correlation_id.as_deref(), Some("i"));
+        // Neither: no RPC fields.
+        let e = decode(&delivered("tidings:id=1\n", b""), &topics());
+        assert_eq!((e.reply_to, e.correlation_id), (None, None));
     }
 
     #[test]
