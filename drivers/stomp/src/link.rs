@@ -37,8 +37,9 @@ use crate::frame::{Codec, Inbound, Outgoing, RawMessage};
 /// Why a frame that asked for a receipt did not get one.
 #[derive(Debug, Clone)]
 pub(crate) enum Failure {
-    /// The connection dropped first; the frame may or may not have been processed.
-    Lost,
+    /// The connection dropped first (for the reason given); the frame may or may not have
+    /// been processed.
+    Lost(String),
     /// The broker answered with an ERROR frame about this very frame.
     Broker(String),
     /// The link is closed.
@@ -265,6 +266,10 @@ pub(crate) struct Link {
     closing: mpsc::UnboundedSender<oneshot::Sender<()>>,
     status: watch::Receiver<Status>,
     stop: Arc<watch::Sender<bool>>,
+    /// What the link connects with (another link to the same broker is opened with it).
+    config: Arc<Config>,
+    /// Whether [`Link::request`] re-sends a frame whose connection dropped before its receipt.
+    resend_lost: bool,
 }
 
 impl std::fmt::Debug for Link {
@@ -329,6 +334,7 @@ impl PendingLink {
             next_receipt: AtomicU64::new(0),
             kick: Notify::new(),
         });
+        let config = Arc::new(settings.config.clone());
         tokio::spawn(supervise(
             settings,
             shared.clone(),
@@ -342,11 +348,27 @@ impl PendingLink {
             closing,
             status,
             stop: Arc::new(stop),
+            config,
+            resend_lost: true,
         }
     }
 }
 
 impl Link {
+    /// The configuration this link connects with.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// This link, with [`Link::request`] failing (rather than re-sending) a frame whose
+    /// connection dropped before its receipt. For frames sent one at a time, so that an ERROR
+    /// without a `receipt-id` (RabbitMQ never names one) that ends the connection can only be
+    /// about the frame in flight: re-sending it would only end the next connection too.
+    pub(crate) fn without_resend(mut self) -> Self {
+        self.resend_lost = false;
+        self
+    }
+
     /// Writes a settling frame (ACK, NACK) on connection `generation` only; dropped when that
     /// connection is gone. While `held` is set the frame is only queued: the consumer that set
     /// it writes it with the others of its batch ([`Link::release`]). Anything else written on
@@ -410,7 +432,8 @@ impl Link {
 
     /// Writes a frame built by `make` and waits for the broker's receipt, re-sending after a
     /// reconnect when the connection dropped first, until `timeout`. At-least-once: a frame
-    /// whose receipt was lost may be processed twice. `what` names the frame in errors.
+    /// whose receipt was lost may be processed twice. `what` names the frame in errors. A link
+    /// made [`without_resend`](Link::without_resend) fails instead of re-sending.
     pub(crate) async fn request(
         &self,
         what: impl Fn() -> String,
@@ -425,9 +448,18 @@ impl Link {
             }
             match tokio::time::timeout_at(deadline, rx).await {
                 Ok(Ok(Ok(()))) => return Ok(()),
-                Ok(Ok(Err(Failure::Lost))) => {
+                Ok(Ok(Err(Failure::Lost(_)))) if self.resend_lost => {
                     self.wait_connected(deadline).await;
                     continue;
+                }
+                Ok(Ok(Err(Failure::Lost(why)))) => {
+                    return Err(Error::new(
+                        ErrorKind::Publish,
+                        format!(
+                            "the connection ended before the broker confirmed {}: {why}",
+                            what()
+                        ),
+                    ))
                 }
                 Ok(Ok(Err(Failure::Broker(message)))) => {
                     return Err(Error::new(
@@ -500,7 +532,7 @@ impl Link {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
             // Recorded before the connection dropped: the reconnect re-subscribes it.
-            Ok(Ok(Err(Failure::Lost))) => Ok(()),
+            Ok(Ok(Err(Failure::Lost(_)))) => Ok(()),
             Ok(Ok(Err(Failure::Broker(message)))) => Err(Error::new(
                 ErrorKind::Subscribe,
                 format!("the broker refused the subscription to {destination:?}: {message}"),
@@ -732,8 +764,8 @@ async fn supervise(
         )
         .await;
         // Anything sent on that connection and not confirmed may be lost.
-        shared.end_session(&match ended {
-            Ended::Lost(_) => Failure::Lost,
+        shared.end_session(&match &ended {
+            Ended::Lost(why) => Failure::Lost(why.clone()),
             Ended::Closed | Ended::Aborted => Failure::Closed,
         });
         match ended {

@@ -12,12 +12,13 @@ use tidings_core::{
     async_trait, Capabilities, Completion, Consumer, Envelope, Error, ErrorKind, Inbox, Mode,
     Pattern, Provider, PublishOptions, Result, SubscribeSpec,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OnceCell};
 
 use crate::consumer::{StompConsumer, SubContext};
-use crate::dialect::{DialectKind, Plan};
+use crate::dialect::{check_address, DialectKind, Plan};
 use crate::link::SubEntry;
 use crate::outbox::Outbox;
+use crate::wire::KeyedTopics;
 
 /// How long a SUBSCRIBE waits for the broker's receipt.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,6 +32,11 @@ pub struct StompProvider {
     prefix: String,
     next: AtomicU64,
     closed: AtomicBool,
+    /// The connection for replies to addresses that are not tidings inboxes (plain STOMP
+    /// callers'), opened on the first such reply; see [`StompProvider::reply_elsewhere`].
+    foreign: OnceCell<Outbox>,
+    /// Those replies go one at a time.
+    foreign_turn: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for StompProvider {
@@ -53,7 +59,52 @@ impl StompProvider {
             prefix,
             next: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            foreign: OnceCell::new(),
+            foreign_turn: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Sends a reply to `address`, a destination that is not a tidings inbox (a plain STOMP
+    /// caller's `/queue/..`, `/reply-queue/..`, `/remote-temp-queue/..`, ...), checked by the
+    /// dialect, over a second connection of its own, one reply at a time.
+    ///
+    /// A broker that refuses a SEND answers with an ERROR frame and ends the connection
+    /// (RabbitMQ: `/exchange/` of a missing exchange; ActiveMQ: a temporary queue whose
+    /// caller is gone). On the connection that serves, that would drop every delivery in
+    /// flight, the request being answered too, and the broker would hand them out again. So
+    /// such replies never go there: an ERROR costs the second connection only (it reconnects),
+    /// and the reply fails with the broker's words, which the bus logs. RabbitMQ's ERROR frames
+    /// name no receipt; with one reply in flight at a time the ERROR is about that reply, so it
+    /// is not re-sent either.
+    async fn reply_elsewhere(&self, address: &str, envelope: &Envelope) -> Result<()> {
+        let _turn = self.foreign_turn.lock().await;
+        self.check_open()?;
+        let outbox = self
+            .foreign
+            .get_or_try_init(|| async {
+                let config = self.outbox.link.config().clone();
+                let (_, pending) = crate::link::open(&config).await?;
+                let link = pending.start(config, false).without_resend();
+                let dialect = self.kind.dialect();
+                let topics = KeyedTopics {
+                    topic: dialect.publish_destination(&self.outbox.namespace, ""),
+                };
+                Ok::<_, Error>(Outbox {
+                    link,
+                    dialect,
+                    topics,
+                    namespace: self.outbox.namespace.clone(),
+                    persistent: self.outbox.persistent,
+                    timeout: self.outbox.timeout,
+                })
+            })
+            .await?;
+        if self.closed.load(Ordering::Acquire) {
+            // Closed while the connection was opening: it would outlive the provider's close.
+            outbox.link.abort();
+            return self.check_open();
+        }
+        outbox.send(address, envelope, false).await
     }
 
     fn unique(&self) -> String {
@@ -196,21 +247,22 @@ impl Provider for StompProvider {
 
     async fn send_to(&self, address: &str, envelope: Envelope) -> Result<()> {
         self.check_open()?;
-        if !self
+        // Replies are short-lived: no need to write them to disk.
+        if self
             .dialect()
             .is_inbox_address(&self.outbox.namespace, address)
         {
+            return self.outbox.send(address, &envelope, false).await;
+        }
+        if let Err(why) =
+            check_address(address).and_then(|()| self.dialect().check_reply_address(address))
+        {
             return Err(Error::new(
                 ErrorKind::Publish,
-                format!(
-                    "{address:?} is not a reply inbox of this bus (namespace {:?}); a reply_to \
-                     must come from a caller on the same broker and namespace",
-                    self.outbox.namespace
-                ),
+                format!("cannot reply to {address:?}: {why}"),
             ));
         }
-        // Replies are short-lived: no need to write them to disk.
-        self.outbox.send(address, &envelope, false).await
+        self.reply_elsewhere(address, &envelope).await
     }
 
     async fn dead_letters(&self, name: &str) -> Result<Box<dyn Consumer>> {
@@ -226,12 +278,18 @@ impl Provider for StompProvider {
 
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
+        if let Some(foreign) = self.foreign.get() {
+            foreign.link.close().await;
+        }
         self.outbox.link.close().await;
         Ok(())
     }
 
     async fn abort(&self) {
         self.closed.store(true, Ordering::Release);
+        if let Some(foreign) = self.foreign.get() {
+            foreign.link.abort();
+        }
         self.outbox.link.abort();
     }
 }

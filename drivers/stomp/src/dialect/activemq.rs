@@ -13,7 +13,31 @@
 
 use tidings_core::{Capabilities, Mode, Pattern, Segment};
 
-use super::{Dialect, GiveBack, Plan};
+use super::{is_inbox_id, split_prefix, Dialect, GiveBack, Plan};
+
+/// The destinations a reply may go to, as ActiveMQ's STOMP connector names them.
+const REPLY_PREFIXES: &[&str] = &[
+    "/queue/",
+    "/topic/",
+    "/remote-temp-queue/",
+    "/remote-temp-topic/",
+    "/temp-queue/",
+    "/temp-topic/",
+];
+
+/// The forms of [`REPLY_PREFIXES`], for errors.
+const REPLY_FORMS: &[&str] = &[
+    "/queue/<name>",
+    "/topic/<name>",
+    "/remote-temp-queue/<id> and /remote-temp-topic/<id> (what ActiveMQ puts in the place of a \
+     `reply-to:/temp-queue/<name>` header)",
+];
+
+/// Why a `/temp-queue/` or `/temp-topic/` address cannot be replied to.
+const TEMP_DESTINATION: &str = "a /temp-queue/ or /temp-topic/ destination means one of the \
+    connection that sends to it; a caller's temporary destination is reached only through the \
+    /remote-temp-queue/<id> address ActiveMQ puts in its place when the caller gives it in \
+    STOMP's own `reply-to` header (not in the `tidings` header's `reply-to` item)";
 
 /// The ActiveMQ dialect.
 #[derive(Debug)]
@@ -89,9 +113,36 @@ impl Dialect for ActiveMq {
         address
             .strip_prefix("/queue/tidings-private.")
             .and_then(|q| q.strip_prefix(namespace))
-            .is_some_and(|q| {
-                q.starts_with(".inbox.") && !q.contains(['*', '>', ',']) && !q.contains("..")
-            })
+            .and_then(|q| q.strip_prefix(".inbox."))
+            .is_some_and(is_inbox_id)
+    }
+
+    fn check_reply_address(&self, address: &str) -> Result<(), String> {
+        let Some((kind, rest)) = split_prefix(address, REPLY_PREFIXES) else {
+            return Err(format!(
+                "ActiveMQ takes a reply at {}",
+                REPLY_FORMS.join(", ")
+            ));
+        };
+        if kind.starts_with("/temp-") {
+            return Err(TEMP_DESTINATION.into());
+        }
+        if rest.is_empty() {
+            return Err(format!("it names nothing after {kind}"));
+        }
+        if rest.contains(['*', '>', ',']) {
+            return Err(
+                "it holds a wildcard (`*`, `>`) or a list (`,`): ActiveMQ would send the reply \
+                 to every destination it matches"
+                    .into(),
+            );
+        }
+        if rest.starts_with("ActiveMQ.") {
+            return Err(
+                "names starting with `ActiveMQ.` are the broker's own (advisories, DLQ)".into(),
+            );
+        }
+        Ok(())
     }
 
     fn dead_letters(&self, namespace: &str, name: &str) -> Plan {
@@ -142,5 +193,51 @@ mod tests {
         assert_eq!(native("#"), (">".into(), false));
         assert_eq!(native("a.#.c"), ("a.>".into(), true));
         assert_eq!(native("#.c"), (">".into(), true));
+    }
+
+    #[test]
+    fn replies_go_to_every_destination_a_stomp_client_can_name() {
+        for ok in [
+            "/queue/replies",
+            "/queue/a.b-c_d",
+            "/topic/a.b",
+            "/topic/VirtualTopic.ns.a",
+            "/remote-temp-queue/ID:vm-45307-1796518805719-3:21:1",
+            "/remote-temp-topic/ID:vm-45307-1796518805719-3:23:1",
+        ] {
+            assert_eq!(ActiveMq.check_reply_address(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "/temp-queue/x",
+            "/temp-topic/x",
+            "/queue/",
+            "/queue/>",
+            "/queue/a.*",
+            "/queue/a,b",
+            "/topic/a.>",
+            "/queue/ActiveMQ.DLQ",
+            "/topic/ActiveMQ.Advisory.Connection",
+            "/foo/bar",
+            "queue",
+        ] {
+            let why = ActiveMq.check_reply_address(bad).unwrap_err();
+            assert!(!why.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_drivers_own_inboxes_are_inboxes() {
+        let (_, address) = ActiveMq.inbox("ns", "06a4184b6f2c6e1d-5-0");
+        assert!(ActiveMq.is_inbox_address("ns", &address), "{address}");
+        for other in [
+            "/queue/tidings-private.ns.inbox.",
+            "/queue/tidings-private.ns.inbox.>",
+            "/queue/tidings-private.ns.inbox.a,b",
+            "/queue/tidings-private.ns.inbox.a.b",
+            "/queue/tidings-private.ns2.inbox.x",
+            "/queue/ns.inbox.x",
+        ] {
+            assert!(!ActiveMq.is_inbox_address("ns", other), "{other}");
+        }
     }
 }

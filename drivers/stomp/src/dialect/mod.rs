@@ -93,9 +93,16 @@ pub(crate) trait Dialect: Send + Sync + fmt::Debug + 'static {
     /// How to open an RPC inbox, and the address senders use for it.
     fn inbox(&self, namespace: &str, unique: &str) -> (Plan, String);
 
-    /// Whether `address` (from a request's `reply_to`, so from the wire) is an inbox of this
-    /// dialect. Sending elsewhere could declare queues or make the broker close the connection.
+    /// Whether `address` (from a request's `reply_to`, so from the wire) is exactly the form of
+    /// an inbox the driver opens in `namespace` (see [`is_inbox_id`]). Such replies go out on
+    /// the connection that serves; any other address goes through
+    /// [`check_reply_address`](Dialect::check_reply_address) and a connection of its own.
     fn is_inbox_address(&self, namespace: &str, address: &str) -> bool;
+
+    /// Whether `address`, from a request's `reply_to` that is not a tidings inbox (a plain
+    /// STOMP caller's), is a destination this broker can take a reply to. `Err` says why not;
+    /// [`check_address`] has passed already.
+    fn check_reply_address(&self, address: &str) -> Result<(), String>;
 
     /// How to consume the dead-letter queue `name`; its `destination` is also where dead
     /// letters are sent.
@@ -109,4 +116,69 @@ pub(crate) trait Dialect: Send + Sync + fmt::Debug + 'static {
 
     /// What this broker supports through STOMP.
     fn capabilities(&self) -> Capabilities;
+}
+
+/// The longest reply address taken from the wire. Names on both brokers are far shorter
+/// (RabbitMQ: queue, exchange and routing key at most 255 bytes each).
+const MAX_ADDRESS: usize = 1024;
+
+/// What every broker needs of a reply address from the wire, before the dialect's own checks:
+/// not empty (ActiveMQ drops the connection), not absurdly long, and no control characters
+/// (a newline is escaped on the wire, but no broker destination holds one).
+pub(crate) fn check_address(address: &str) -> Result<(), String> {
+    if address.is_empty() {
+        return Err("it is empty".into());
+    }
+    if address.len() > MAX_ADDRESS {
+        return Err(format!(
+            "it is {} bytes long (at most {MAX_ADDRESS})",
+            address.len()
+        ));
+    }
+    if let Some(c) = address.chars().find(|c| c.is_control()) {
+        return Err(format!("it holds the control character {c:?}"));
+    }
+    Ok(())
+}
+
+/// Whether `id` has the form of the unique part of the driver's own inbox names (hex words
+/// joined by `-`; anything of ASCII letters, digits and `-` passes), so that a reply to an
+/// inbox address can never carry a character the broker refuses.
+pub(crate) fn is_inbox_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// `address` split into the first of `prefixes` it starts with and the rest.
+pub(crate) fn split_prefix<'a>(
+    address: &'a str,
+    prefixes: &[&'static str],
+) -> Option<(&'static str, &'a str)> {
+    prefixes
+        .iter()
+        .find_map(|p| address.strip_prefix(p).map(|rest| (*p, rest)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_addresses_are_refused_before_any_dialect_looks() {
+        assert!(check_address("/queue/a").is_ok());
+        assert!(check_address("/remote-temp-queue/ID:vm-1-2:3:1").is_ok());
+        assert!(check_address("/queue/a b\\c:d é").is_ok());
+        for bad in ["", "/queue/a\nb", "/queue/a\rb", "/queue/\0", "/queue/a\tb"] {
+            assert!(check_address(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_address(&format!("/queue/{}", "x".repeat(2000))).is_err());
+    }
+
+    #[test]
+    fn inbox_ids_are_the_drivers_own_form() {
+        let id = format!("{}-7", tidings_core::envelope::new_id());
+        assert!(is_inbox_id(&id), "{id}");
+        for bad in ["", "a/b", "a.b", "a*", "a>", "a,b", "a b", "a\nb"] {
+            assert!(!is_inbox_id(bad), "{bad:?}");
+        }
+    }
 }

@@ -11,7 +11,32 @@
 
 use tidings_core::{Capabilities, Mode, Pattern};
 
-use super::{Dialect, GiveBack, Plan};
+use super::{is_inbox_id, split_prefix, Dialect, GiveBack, Plan};
+
+/// The destinations a reply may go to, as RabbitMQ's STOMP plugin names them.
+const REPLY_PREFIXES: &[&str] = &[
+    "/queue/",
+    "/amq/queue/",
+    "/reply-queue/",
+    "/topic/",
+    "/exchange/",
+    "/temp-queue/",
+];
+
+/// The forms of [`REPLY_PREFIXES`], for errors.
+const REPLY_FORMS: &[&str] = &[
+    "/queue/<name>",
+    "/amq/queue/<name>",
+    "/reply-queue/<name> (what RabbitMQ puts in the place of a `reply-to:/temp-queue/<name>` header)",
+    "/topic/<routing key>",
+    "/exchange/<exchange>[/<routing key>]",
+];
+
+/// Why a `/temp-queue/` address cannot be replied to.
+const TEMP_QUEUE: &str = "a /temp-queue/ destination means a queue of the connection that \
+    sends to it; a caller's temporary queue is reached only through the /reply-queue/<name> \
+    address RabbitMQ puts in its place when the caller gives it in STOMP's own `reply-to` \
+    header (not in the `tidings` header's `reply-to` item)";
 
 /// The RabbitMQ dialect.
 #[derive(Debug)]
@@ -73,7 +98,40 @@ impl Dialect for RabbitMq {
         address
             .strip_prefix("/amq/queue/")
             .and_then(|q| q.strip_prefix(namespace))
-            .is_some_and(|q| q.starts_with(".inbox."))
+            .and_then(|q| q.strip_prefix(".inbox."))
+            .is_some_and(is_inbox_id)
+    }
+
+    fn check_reply_address(&self, address: &str) -> Result<(), String> {
+        let Some((kind, rest)) = split_prefix(address, REPLY_PREFIXES) else {
+            return Err(format!(
+                "RabbitMQ takes a reply at {}",
+                REPLY_FORMS.join(", ")
+            ));
+        };
+        match kind {
+            "/temp-queue/" => Err(TEMP_QUEUE.into()),
+            "/exchange/" => {
+                let (exchange, key) = rest.split_once('/').unwrap_or((rest, ""));
+                if exchange.is_empty() {
+                    Err("it names no exchange (/exchange/<exchange>[/<routing key>])".into())
+                } else if key.contains('/') {
+                    Err("its routing key holds a `/`, which RabbitMQ refuses".into())
+                } else {
+                    Ok(())
+                }
+            }
+            _ if rest.is_empty() => Err(format!("it names nothing after {kind}")),
+            _ if rest.contains('/') => Err(format!(
+                "the name after {kind} holds a `/`, which RabbitMQ refuses"
+            )),
+            "/queue/" if rest.starts_with("amq.") => Err(
+                "RabbitMQ reserves queue names starting with `amq.` (a server-named queue is \
+                 reached as /amq/queue/<name> or /reply-queue/<name>)"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
     }
 
     fn dead_letters(&self, namespace: &str, name: &str) -> Plan {
@@ -106,6 +164,59 @@ impl Dialect for RabbitMq {
                  queue took the message",
             )],
             ..Capabilities::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_go_to_every_destination_a_stomp_client_can_name() {
+        for ok in [
+            "/queue/replies",
+            "/queue/a.b-c_d",
+            "/amq/queue/amq.gen-x",
+            "/reply-queue/amq.gen-HxoYNEPKjIPtRBgcru_CfQ",
+            "/topic/a.b",
+            "/exchange/amq.direct",
+            "/exchange/amq.topic/a.b",
+            "/exchange/x/",
+        ] {
+            assert_eq!(RabbitMq.check_reply_address(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "/temp-queue/x",
+            "/queue/",
+            "/queue/a/b",
+            "/queue/amq.x",
+            "/amq/queue/",
+            "/topic/a/b",
+            "/exchange/",
+            "/exchange//k",
+            "/exchange/x/a/b",
+            "/foo/bar",
+            "queue",
+        ] {
+            let why = RabbitMq.check_reply_address(bad).unwrap_err();
+            assert!(!why.is_empty(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_the_drivers_own_inboxes_are_inboxes() {
+        let (_, address) = RabbitMq.inbox("ns", "06a4184b6f2c6e1d-5-0");
+        assert!(RabbitMq.is_inbox_address("ns", &address), "{address}");
+        for other in [
+            "/amq/queue/ns.inbox.",
+            "/amq/queue/ns.inbox.x/y",
+            "/amq/queue/ns.inbox.x.y",
+            "/amq/queue/ns2.inbox.x",
+            "/amq/queue/other.inbox.x",
+            "/queue/ns.inbox.x",
+        ] {
+            assert!(!RabbitMq.is_inbox_address("ns", other), "{other}");
         }
     }
 }
