@@ -142,6 +142,33 @@ mod tests {
         assert!(e.to_string().contains("unknown scheme \"kafka\""), "{e}");
     }
 
+    /// `amqp://` and `stomp://` used to reach the local broker with default credentials.
+    #[cfg(all(feature = "amqp091", feature = "amqp10", feature = "stomp"))]
+    #[tokio::test]
+    async fn every_scheme_refuses_a_url_without_a_host_and_unknown_options() {
+        for url in [
+            "amqp://",
+            "amqps://",
+            "amqp10://",
+            "stomp://",
+            "stomp+ssl://",
+        ] {
+            let e = connect(url).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{url}: {e}");
+            assert!(e.to_string().contains("has no host"), "{url}: {e}");
+        }
+        for url in [
+            "memory://?bogus_option=1",
+            "amqp://127.0.0.1/?bogus_option=1",
+            "amqp10://127.0.0.1/?bogus_option=1",
+            "stomp://127.0.0.1/?bogus_option=1",
+        ] {
+            let e = connect(url).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{url}: {e}");
+            assert!(e.to_string().contains("bogus_option"), "{url}: {e}");
+        }
+    }
+
     #[test]
     fn isolated_urls_keep_other_options() {
         assert_eq!(isolated_url("memory://", "t1").unwrap(), "memory://t1");

@@ -89,8 +89,8 @@ impl Endpoint {
     fn parse(broker: &str, env: Option<&str>) -> Result<Self, String> {
         let mut url = BrokerUrl::parse(broker, "RabbitMQ management", SCHEMES)
             .map_err(|e| e.message().to_owned())?;
-        let host = url.host_or("127.0.0.1");
-        let default_base = format!("http://{}:{DEFAULT_PORT}", bracketed(&host));
+        let host = url.host();
+        let default_base = format!("http://{}:{DEFAULT_PORT}", bracketed(host));
         let base = url
             .take("management")
             .or_else(|| env.map(str::to_owned))

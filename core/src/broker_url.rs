@@ -44,9 +44,11 @@ impl BrokerUrl {
     /// options; errors name what is wrong and never contain the password.
     pub fn parse(url: &str, driver: &str, schemes: &[&str]) -> Result<Self> {
         let mut parsed = url::Url::parse(url).map_err(|e| {
+            let scheme = url.split_once(':').map_or(schemes[0], |(scheme, _)| scheme);
             invalid(format!(
-                "cannot parse the broker url {:?}: {e}",
-                redact(url)
+                "cannot parse the broker url {:?}: {e}; expected {}",
+                redact(url),
+                expected_form(scheme)
             ))
         })?;
         if !schemes.contains(&parsed.scheme()) {
@@ -55,6 +57,13 @@ impl BrokerUrl {
                 "the {driver} driver takes {} urls, not {}://",
                 accepted.join(" or "),
                 parsed.scheme()
+            )));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(invalid(format!(
+                "the broker url {:?} has no host; expected {}",
+                redact(url),
+                expected_form(parsed.scheme())
             )));
         }
         let mut exchange = DEFAULT_EXCHANGE.to_owned();
@@ -82,12 +91,13 @@ impl BrokerUrl {
         self.url.scheme()
     }
 
-    /// The host, without IPv6 brackets; `default` when the URL has none.
-    pub fn host_or(&self, default: &str) -> String {
-        match self.url.host_str() {
-            Some(host) if !host.is_empty() => host.trim_matches(['[', ']']).to_owned(),
-            _ => default.to_owned(),
-        }
+    /// The host, without IPv6 brackets. Every URL has one: [`parse`](Self::parse) refuses a
+    /// URL without.
+    pub fn host(&self) -> &str {
+        self.url
+            .host_str()
+            .unwrap_or_default()
+            .trim_matches(['[', ']'])
     }
 
     /// The port; `default` when the URL has none.
@@ -159,13 +169,15 @@ impl BrokerUrl {
             .transpose()
     }
 
-    /// Fails if options remain that the driver did not take, naming them and the known ones —
-    /// for drivers that pass nothing through to their client library.
+    /// Fails if options remain that are not in `known`, naming them and every option the
+    /// driver knows. Drivers call it after taking their own options, with those and the ones
+    /// they pass through to their client library, so a misspelt option is never ignored.
     pub fn reject_unknown(&self, known: &[&str]) -> Result<()> {
         let unknown: Vec<String> = self
             .url
             .query_pairs()
             .map(|(k, _)| k.into_owned())
+            .filter(|k| !known.contains(&k.as_str()))
             .collect();
         if unknown.is_empty() {
             return Ok(());
@@ -190,6 +202,11 @@ impl BrokerUrl {
     pub fn redacted(&self) -> &str {
         &self.redacted
     }
+}
+
+/// The URL grammar, for error messages.
+fn expected_form(scheme: &str) -> String {
+    format!("{scheme}://[user[:password]@]host[:port][/vhost][?option=value&…]")
 }
 
 fn set_query(url: &mut url::Url, pairs: Vec<(String, String)>) {
@@ -242,7 +259,7 @@ fn check_exchange(name: &str) -> Result<()> {
 }
 
 /// `host` as written in a URL or a socket address (`host:port`): an IPv6 address in brackets.
-/// [`BrokerUrl::host_or`] gives the host without them.
+/// [`BrokerUrl::host`] gives the host without them.
 pub fn bracketed(host: &str) -> Cow<'_, str> {
     if host.contains(':') {
         Cow::Owned(format!("[{host}]"))
@@ -296,7 +313,7 @@ mod tests {
         .unwrap();
         assert_eq!(u.username().as_deref(), Some("gu@est"));
         assert_eq!(u.password().as_deref(), Some("se/cret"));
-        assert_eq!(u.host_or("x"), "::1");
+        assert_eq!(u.host(), "::1");
         assert_eq!(u.port_or(1), 5673);
         assert_eq!(u.vhost(), "my/vhost");
         assert_eq!(u.exchange(), "ex1");
@@ -351,6 +368,51 @@ mod tests {
             "{}",
             u.redacted()
         );
+    }
+
+    /// `stomp://` and `amqp://` used to connect to the local broker with default credentials,
+    /// while `amqp10://` was refused: every scheme now gets the same answer.
+    #[test]
+    fn a_url_without_a_host_is_refused_on_every_scheme() {
+        for url in [
+            "amqp://",
+            "amqps://",
+            "amqp10://",
+            "stomp://",
+            "stomp+ssl://",
+            "amqp:///%2f",
+            "amqp://u:secret@/vhost",
+            "amqp:localhost",
+            "stomp://:61613",
+        ] {
+            let scheme = url.split(':').next().unwrap();
+            let e = BrokerUrl::parse(url, "any", &[scheme]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{url}");
+            assert!(
+                (e.to_string().contains("has no host") || e.to_string().contains("empty host"))
+                    && e.to_string()
+                        .contains(&format!("expected {scheme}://[user")),
+                "{url}: {e}"
+            );
+            assert!(!e.to_string().contains("secret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn options_a_driver_knows_pass_and_others_are_named() {
+        let u = BrokerUrl::parse(
+            "amqp://h/?heartbeat=10&bogus_option=1",
+            "amqp091",
+            &["amqp"],
+        )
+        .unwrap();
+        let e = u.reject_unknown(&["heartbeat"]).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown url option bogus_option;") && e.contains("heartbeat"),
+            "{e}"
+        );
+        let u = BrokerUrl::parse("amqp://h/?heartbeat=10", "amqp091", &["amqp"]).unwrap();
+        assert!(u.reject_unknown(&["heartbeat"]).is_ok());
     }
 
     #[test]

@@ -8,6 +8,15 @@ use tidings_core::{BrokerUrl, Result};
 #[cfg(test)]
 use tidings_core::broker_url::{DEFAULT_EXCHANGE, DEFAULT_PUBLISH_TIMEOUT};
 
+/// The URL options lapin reads (amq-protocol-uri's query string), passed through to it.
+const LAPIN_OPTIONS: &[&str] = &[
+    "heartbeat",
+    "frame_max",
+    "channel_max",
+    "connection_timeout",
+    "auth_mechanism",
+];
+
 /// A parsed `amqp://` or `amqps://` URL.
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -35,9 +44,10 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// Parses `url`. Errors never contain the password.
     pub(crate) fn parse(url: &str) -> Result<Self> {
-        // `exchange` and `publish_timeout_ms` are taken out by the shared parser; everything
-        // else in the query (heartbeat, frame_max, ...) is lapin's and passed through.
+        // `exchange` and `publish_timeout_ms` are taken out by the shared parser; the rest of
+        // the query is lapin's and passed through, so only the options lapin reads pass.
         let url = BrokerUrl::parse(url, "amqp091", &["amqp", "amqps"])?;
+        url.reject_unknown(LAPIN_OPTIONS)?;
         Ok(Self {
             lapin_uri: url.secret_url().to_owned(),
             redacted: url.redacted().to_owned(),
@@ -71,6 +81,18 @@ mod tests {
         let c = Config::parse("amqps://localhost").unwrap();
         assert_eq!(c.exchange, DEFAULT_EXCHANGE);
         assert_eq!(c.publish_timeout, DEFAULT_PUBLISH_TIMEOUT);
+    }
+
+    /// `?bogus_option=1` used to be accepted silently while the other drivers refused it.
+    #[test]
+    fn unknown_options_are_refused_by_name() {
+        let e = Config::parse("amqp://u:pw@h/?bogus_option=1&heartbeat=5").unwrap_err();
+        assert!(
+            e.to_string().contains("unknown url option bogus_option;")
+                && e.to_string().contains("frame_max"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("pw@"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use tidings_core::broker_url::bracketed;
-use tidings_core::{BrokerUrl, Error, ErrorKind, Result};
+use tidings_core::{BrokerUrl, Result};
 
 /// Everything the driver reads from the URL.
 #[derive(Clone)]
@@ -52,16 +52,7 @@ impl Config {
     pub(crate) fn parse(url: &str) -> Result<Self> {
         let mut url = BrokerUrl::parse(url, "amqp10", &["amqp10", "amqp10s"])?;
         let tls = url.scheme() == "amqp10s";
-        let host = url.host_or("");
-        if host.is_empty() {
-            return Err(Error::new(
-                ErrorKind::InvalidUrl,
-                format!(
-                    "broker url {} has no host; expected amqp10://user:pass@host:5672",
-                    url.redacted()
-                ),
-            ));
-        }
+        let host = url.host().to_owned();
         let management = url
             .take("management")
             .filter(|m| !m.is_empty())
@@ -95,6 +86,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tidings_core::ErrorKind;
 
     #[test]
     fn parses_a_full_url() {

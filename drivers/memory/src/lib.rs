@@ -44,5 +44,46 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Provider>> {
         None | Some("") => "default",
         Some(name) => name,
     };
-    Ok(Arc::new(MemoryProvider::connect(name)))
+    // The options every driver shares; anything else is refused by name, as the network
+    // drivers do, so a misspelt option is never ignored.
+    let mut exchange = None;
+    for (key, value) in parsed.query_pairs() {
+        match key.as_ref() {
+            "exchange" => exchange = Some(value.into_owned()),
+            "publish_timeout_ms" => {}
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::InvalidUrl,
+                    format!(
+                        "unknown url option {key} in {url:?}; the memory driver knows exchange, \
+                         publish_timeout_ms"
+                    ),
+                ))
+            }
+        }
+    }
+    // `?exchange=` keeps topic spaces apart on one embedded broker, as on a real one.
+    let name = match exchange {
+        Some(exchange) => format!("{name}?exchange={exchange}"),
+        None => name.to_owned(),
+    };
+    Ok(Arc::new(MemoryProvider::connect(&name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_options_are_refused_by_name() {
+        let e = connect("memory://x?bogus_option=1").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidUrl);
+        assert!(
+            e.to_string().contains("unknown url option bogus_option"),
+            "{e}"
+        );
+        assert!(connect("memory://x?exchange=a&publish_timeout_ms=5")
+            .await
+            .is_ok());
+    }
 }

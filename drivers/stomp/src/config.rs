@@ -102,7 +102,7 @@ impl Config {
         let persistent = url.take_bool("persistent")?.unwrap_or(true);
         url.reject_unknown(&["dialect", "heartbeat_ms", "persistent", "ca"])?;
         Ok(Config {
-            host: url.host_or("127.0.0.1"),
+            host: url.host().to_owned(),
             // The ports RabbitMQ's STOMP plugin listens on (plain, TLS) by default.
             port: url.port_or(if tls { 61614 } else { 61613 }),
             login: url.username(),
