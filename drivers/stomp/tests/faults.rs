@@ -282,7 +282,7 @@ async fn activemq_idle_connection_with_heart_beats_stays_up() {
     idle_connection_with_heart_beats_stays_up(Broker::ActiveMq).await;
 }
 
-/// Deletes the idle `tc-` (conformance), `fault-` and (ActiveMQ) `bench-` queues earlier runs of the stomp
+/// Deletes the idle `tc-` (conformance), `fault-`, `plain-` and (ActiveMQ) `bench-` queues earlier runs of the stomp
 /// tests left before they cleaned up after themselves: `cargo test -p tidings-stomp --test
 /// faults -- --ignored sweep`. RabbitMQ queues with consumers are never touched; `tc-` queues
 /// of other drivers (same naming) go too, which is harmless once their runs are over.
@@ -291,8 +291,8 @@ async fn activemq_idle_connection_with_heart_beats_stays_up() {
 fn sweep_leftovers_of_earlier_runs() {
     // Only the stomp driver uses ActiveMQ; on RabbitMQ `bench-` belongs to other drivers too.
     for (broker, prefixes) in [
-        (Broker::RabbitMq, &["tc-", "fault-"][..]),
-        (Broker::ActiveMq, &["tc-", "fault-", "bench-"][..]),
+        (Broker::RabbitMq, &["tc-", "fault-", "plain-"][..]),
+        (Broker::ActiveMq, &["tc-", "fault-", "bench-", "plain-"][..]),
     ] {
         for prefix in prefixes {
             common::admin::purge_prefix(broker, prefix)
