@@ -50,10 +50,10 @@ pub async fn connect(url: &str) -> Result<Bus> {
         )
     })?;
     let provider = match parsed.scheme() {
-        "memory" => driver!("memory", tidings_memory, url),
-        "amqp" | "amqps" => driver!("amqp091", tidings_amqp091, url),
-        "amqp10" | "amqp10s" => driver!("amqp10", tidings_amqp10, url),
-        "stomp" | "stomp+ssl" => driver!("stomp", tidings_stomp, url),
+        "memory" => use_driver!("memory", tidings_memory, url),
+        "amqp" | "amqps" => use_driver!("amqp091", tidings_amqp091, url),
+        "amqp10" | "amqp10s" => use_driver!("amqp10", tidings_amqp10, url),
+        "stomp" | "stomp+ssl" => use_driver!("stomp", tidings_stomp, url),
         other => {
             return Err(Error::new(
                 ErrorKind::InvalidUrl,
@@ -109,7 +109,7 @@ pub fn isolated_url(url: &str, namespace: &str) -> Result<String> {
 }
 
 /// Picks a driver if its feature is compiled in, or says which feature to enable.
-macro_rules! driver {
+macro_rules! use_driver {
     ($feature:literal, $krate:ident, $url:expr) => {{
         #[cfg(feature = $feature)]
         {
@@ -127,7 +127,7 @@ macro_rules! driver {
         }
     }};
 }
-use driver;
+use use_driver;
 
 #[cfg(test)]
 mod tests {

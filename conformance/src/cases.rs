@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tidings_core::codec::POSTCARD;
+use tidings_core::driver::PublishOptions;
 use tidings_core::interceptor::{on_receive, on_send};
-use tidings_core::{Bus, Bytes, Capabilities, Envelope, ErrorKind, Message, PublishOptions};
+use tidings_core::{Bus, Bytes, Capabilities, Envelope, ErrorKind, Message};
 
 use crate::ensure;
 use crate::support::{collector, Ctx, Note, QUIET, SOON};

@@ -9,11 +9,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::codec::Codec;
+use crate::driver::{Capabilities, Completion, Provider, PublishOptions, Status};
 use crate::envelope::{headers, Envelope};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::interceptor::Interceptor;
-use crate::provider::{Capabilities, Completion, Provider, PublishOptions, Status};
 use crate::routing::RoutingKey;
 use crate::rpc::RpcClient;
 
@@ -311,12 +311,16 @@ impl<'a, E: Event> Emit<'a, E> {
         for interceptor in self.bus.interceptors.iter() {
             interceptor.on_send(&mut envelope);
         }
-        Ok((envelope, if self.mandatory { &MANDATORY } else { &DEFAULT }))
+        Ok((
+            envelope,
+            if self.mandatory {
+                &PublishOptions::MANDATORY
+            } else {
+                &PublishOptions::DEFAULT
+            },
+        ))
     }
 }
-
-static DEFAULT: PublishOptions = PublishOptions { mandatory: false };
-static MANDATORY: PublishOptions = PublishOptions { mandatory: true };
 
 impl<'a, E: Event> IntoFuture for Emit<'a, E> {
     type Output = Result<()>;

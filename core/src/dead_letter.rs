@@ -5,9 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::bus::Bus;
+use crate::driver::{Consumer, Outcome, PublishOptions, Settle};
 use crate::envelope::{headers, Envelope};
 use crate::error::Result;
-use crate::provider::{Consumer, Outcome, PublishOptions, Settle};
 use crate::subscribe::check_name;
 
 /// A reader of one dead-letter queue. Made by [`Bus::dead_letters`].

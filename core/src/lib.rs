@@ -1,6 +1,6 @@
 //! Transport-free core of [tidings](https://docs.rs/tidings): typed events, routing keys and
-//! patterns, envelopes, codecs, the [`Provider`] trait that drivers implement, and the [`Bus`]
-//! that applications hold.
+//! patterns, envelopes, codecs, the [`Bus`] that applications hold, and (in [`driver`]) the
+//! contract that transport drivers implement.
 //!
 //! Drivers depend on this crate only. Applications use the `tidings` facade, which re-exports
 //! everything here and adds `connect(url)`.
@@ -9,11 +9,11 @@ pub mod broker_url;
 pub mod bus;
 pub mod codec;
 pub mod dead_letter;
+pub mod driver;
 pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod interceptor;
-pub mod provider;
 pub mod routing;
 pub mod rpc;
 pub mod subscribe;
@@ -22,14 +22,11 @@ pub use broker_url::BrokerUrl;
 pub use bus::{Bus, Emit};
 pub use codec::Codec;
 pub use dead_letter::{DeadLetter, DeadLetters};
+pub use driver::{Capabilities, Status};
 pub use envelope::Envelope;
 pub use error::{Error, ErrorKind, Result};
 pub use event::Event;
 pub use interceptor::Interceptor;
-pub use provider::{
-    Capabilities, Completion, Consumer, Delivery, Inbox, Mode, Outcome, Provider, PublishOptions,
-    Settle, Status, SubscribeSpec,
-};
 pub use routing::{Pattern, RoutingKey, Segment};
 pub use rpc::{Call, Serve};
 pub use subscribe::{

@@ -21,11 +21,11 @@ use tokio::sync::oneshot;
 
 use crate::bus::Bus;
 use crate::codec::Codec;
+use crate::driver::{Consumer, Outcome, PublishOptions};
 use crate::envelope::{headers, new_id, Envelope};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::interceptor::Interceptor;
-use crate::provider::{Consumer, Outcome, PublishOptions};
 use crate::subscribe::{
     decode, panic_text, settings_methods, start, Failure, HandlerError, RawHandler, Settings,
     Subscription,
@@ -165,8 +165,7 @@ impl<'a, Req: Event, Resp: Event> Call<'a, Req, Resp> {
         // The request's confirm and the reply are awaited together: a call costs one round trip
         // to the server, not a confirm round trip first. A reply that comes before the confirm
         // proves the request was delivered, so the confirm no longer matters.
-        let options = PublishOptions { mandatory: true };
-        let published = self.bus.publish(envelope, &options);
+        let published = self.bus.publish(envelope, &PublishOptions::MANDATORY);
         let replied = tokio::time::timeout(self.timeout, rpc.reply(rx));
         tokio::pin!(replied);
         let reply = tokio::select! {

@@ -27,10 +27,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::Bus;
 use crate::codec::Codec;
+use crate::driver::{Consumer, Delivery, Mode, Outcome, SubscribeSpec};
 use crate::envelope::Envelope;
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
-use crate::provider::{Consumer, Delivery, Mode, Outcome, SubscribeSpec};
 use crate::routing::{Pattern, RoutingKey};
 
 /// The error a handler returns. Anything convertible with `?` or `.into()` works: I/O errors,
@@ -395,12 +395,7 @@ pub(crate) async fn start<H: Handler>(
         .prefetch
         .unwrap_or(32)
         .max(settings.concurrency.min(u16::MAX as usize) as u16);
-    let spec = SubscribeSpec {
-        pattern,
-        mode,
-        prefetch,
-        dead_letter_queue,
-    };
+    let spec = SubscribeSpec::new(pattern, mode, prefetch, dead_letter_queue);
     let active = settings.active_when.clone();
     let first = if active.as_ref().is_none_or(|guard| guard()) {
         Some(bus.shared.provider.subscribe(spec.clone()).await?)

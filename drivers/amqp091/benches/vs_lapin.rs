@@ -27,7 +27,8 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
-use tidings_core::{Bus, Bytes, Envelope, PublishOptions};
+use tidings_core::driver::PublishOptions;
+use tidings_core::{Bus, Bytes, Envelope};
 use tokio::sync::Notify;
 
 const BODY: usize = 128;

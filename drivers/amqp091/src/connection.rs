@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tidings_core::provider::Status;
+use tidings_core::driver::Status;
 use tidings_core::{Error, ErrorKind, Result};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;

@@ -25,10 +25,9 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, BasicProperties, Channel};
+use tidings_core::driver::{Completion, Consumer, Delivery, Outcome, Settle};
 use tidings_core::envelope::now_ms;
-use tidings_core::{
-    async_trait, Completion, Consumer, Delivery, Error, ErrorKind, Outcome, Result, Settle,
-};
+use tidings_core::{async_trait, Error, ErrorKind, Result};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -542,6 +541,7 @@ impl Settle for AmqpSettle {
                     publish(&self.shared, &Target::queue(&dead.queue)?, &letter, false).await?;
                     self.ack().await
                 }
+                other => Err(other.unsupported()),
             }
         })
     }

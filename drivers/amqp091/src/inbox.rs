@@ -18,7 +18,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tidings_core::{async_trait, Completion, Consumer, Delivery, Outcome, Result, Settle};
+use tidings_core::driver::{Completion, Consumer, Delivery, Outcome, Settle};
+use tidings_core::{async_trait, Result};
 use tokio::sync::mpsc;
 
 use crate::wire;

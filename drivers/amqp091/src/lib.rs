@@ -23,6 +23,9 @@ mod config;
 mod connection;
 mod consumer;
 mod errors;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod inbox;
 mod provider;
 mod publisher;
@@ -32,7 +35,8 @@ mod wire;
 
 use std::sync::Arc;
 
-use tidings_core::{Provider, Result};
+use tidings_core::driver::Provider;
+use tidings_core::Result;
 
 pub use provider::AmqpProvider;
 

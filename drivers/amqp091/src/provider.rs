@@ -2,11 +2,9 @@
 
 use std::sync::Arc;
 
-use tidings_core::provider::Status;
-use tidings_core::{
-    async_trait, Capabilities, Completion, Consumer, Envelope, ErrorKind, Inbox, Mode, Provider,
-    PublishOptions, Result, SubscribeSpec,
-};
+use tidings_core::driver::Status;
+use tidings_core::driver::{Completion, Consumer, Inbox, Provider, PublishOptions, SubscribeSpec};
+use tidings_core::{async_trait, Capabilities, Envelope, ErrorKind, Result};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -100,14 +98,11 @@ impl Provider for AmqpProvider {
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {
         self.check_open()?;
         let exchange = &self.shared.config.exchange;
-        let (kind, queue, from) = match &spec.mode {
-            Mode::Broadcast => (QueueKind::Broadcast, String::new(), "broadcast".to_owned()),
-            Mode::Group { name, durable } => (
-                QueueKind::Group { durable: *durable },
-                group_queue(exchange, name),
-                name.clone(),
-            ),
+        let (kind, queue) = match spec.mode.group() {
+            None => (QueueKind::Broadcast, String::new()),
+            Some((name, durable)) => (QueueKind::Group { durable }, group_queue(exchange, name)),
         };
+        let from = spec.mode.subscription_name().to_owned();
         let dead = DeadTarget {
             queue: dead_queue(exchange, &spec.dead_letter_queue),
             from,

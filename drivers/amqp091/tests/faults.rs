@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tidings_core::provider::Status;
+use tidings_core::driver::Status;
 use tidings_core::Bus;
 use tokio::io::{AsyncBufReadExt, BufReader};
 

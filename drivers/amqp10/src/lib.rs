@@ -17,11 +17,15 @@
 
 use std::sync::Arc;
 
-use tidings_core::{Capabilities, Provider, Result};
+use tidings_core::driver::Provider;
+use tidings_core::{Capabilities, Result};
 
 mod config;
 mod connection;
 mod dialect;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod provider;
 mod receiver;
 mod sender;

@@ -4,10 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tidings_core::{
-    Capabilities, Completion, Consumer, Envelope, Error, ErrorKind, Inbox, Mode, Provider,
-    PublishOptions, Result, Status, SubscribeSpec,
-};
+use tidings_core::driver::{Completion, Consumer, Inbox, Provider, PublishOptions, SubscribeSpec};
+use tidings_core::{Capabilities, Envelope, Error, ErrorKind, Result, Status};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -121,26 +119,21 @@ impl Provider for Amqp10Provider {
 
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {
         let dialect = &self.shared.dialect;
-        let (queue, from) = match &spec.mode {
-            Mode::Broadcast => (
-                QueueSpec {
-                    name: dialect.private_queue("broadcast", &tidings_core::envelope::new_id()),
-                    durable: false,
-                    auto_delete: true,
-                    binding: Some(spec.pattern.clone()),
-                },
-                "broadcast".to_owned(),
-            ),
-            Mode::Group { name, durable } => (
-                QueueSpec {
-                    name: dialect.group_queue(name),
-                    durable: *durable,
-                    auto_delete: !*durable,
-                    binding: Some(spec.pattern.clone()),
-                },
-                name.clone(),
-            ),
+        let queue = match spec.mode.group() {
+            None => QueueSpec {
+                name: dialect.private_queue("broadcast", &tidings_core::envelope::new_id()),
+                durable: false,
+                auto_delete: true,
+                binding: Some(spec.pattern.clone()),
+            },
+            Some((name, durable)) => QueueSpec {
+                name: dialect.group_queue(name),
+                durable,
+                auto_delete: !durable,
+                binding: Some(spec.pattern.clone()),
+            },
         };
+        let from = spec.mode.subscription_name().to_owned();
         let dead = self.dead_letter_spec(&spec.dead_letter_queue);
         let receiver = ReceiverSpec {
             address: dialect.queue_address(&queue.name),

@@ -13,9 +13,8 @@ use fe2o3_amqp::types::messaging::Body;
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::Receiver;
 use futures::FutureExt;
-use tidings_core::{
-    Completion, Consumer, Delivery, Envelope, Error, ErrorKind, Outcome, Result, Settle,
-};
+use tidings_core::driver::{Completion, Consumer, Delivery, Outcome, Settle};
+use tidings_core::{Envelope, Error, ErrorKind, Result};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -505,6 +504,7 @@ impl Settle for AmqpSettle {
                     Envelope::clone(&self.envelope).into_dead_letter(&reason, &spec.from),
                     true,
                 ),
+                other => return Err(other.unsupported()),
             };
             // The copy first, confirmed; only then the original goes. A crash in between
             // duplicates the message, never loses it.

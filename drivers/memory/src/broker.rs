@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
-use tidings_core::provider::Status;
-use tidings_core::{
-    async_trait, Capabilities, Completion, Consumer, Delivery, Envelope, Error, ErrorKind, Inbox,
-    Mode, Pattern, Provider, PublishOptions, Result, SubscribeSpec,
+use tidings_core::driver::Status;
+use tidings_core::driver::{
+    Completion, Consumer, Delivery, Inbox, Provider, PublishOptions, SubscribeSpec,
 };
+use tidings_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Pattern, Result};
 use tokio::sync::{mpsc, watch};
 
 use crate::queue::{DeadLetterTarget, Handed, MemorySettle, Queue};
@@ -234,17 +234,13 @@ impl Provider for MemoryProvider {
 
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {
         self.check_open()?;
-        let (queue, from) = match &spec.mode {
-            Mode::Broadcast => (
-                self.broker
-                    .declare(&format!("broadcast.{}.{}", self.id, next_id()), false),
-                "broadcast".to_owned(),
-            ),
-            Mode::Group { name, durable } => (
-                self.broker.declare(&format!("group.{name}"), *durable),
-                name.clone(),
-            ),
+        let queue = match spec.mode.group() {
+            None => self
+                .broker
+                .declare(&format!("broadcast.{}.{}", self.id, next_id()), false),
+            Some((name, durable)) => self.broker.declare(&format!("group.{name}"), durable),
         };
+        let from = spec.mode.subscription_name().to_owned();
         self.broker.bind(&spec.pattern, &queue);
         Ok(self.consume(
             queue,

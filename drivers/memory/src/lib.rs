@@ -14,7 +14,8 @@ mod queue;
 
 use std::sync::Arc;
 
-use tidings_core::{Error, ErrorKind, Provider, Result};
+use tidings_core::driver::Provider;
+use tidings_core::{Error, ErrorKind, Result};
 
 pub use broker::MemoryProvider;
 

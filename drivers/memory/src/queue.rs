@@ -3,8 +3,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 
+use tidings_core::driver::{Completion, Outcome, Settle};
 use tidings_core::envelope::now_ms;
-use tidings_core::{Completion, Envelope, Outcome, Result, Settle};
+use tidings_core::{Envelope, Result};
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
@@ -227,6 +228,11 @@ impl Queue {
                     broker.dead_letter_queue(&target.queue).push(Arc::new(dead));
                     return;
                 }
+            }
+            // Outcomes added later: given back unchanged, as a requeue.
+            _ => {
+                state.ready.push_front(envelope);
+                avoid = Some(owner);
             }
         }
         self.dispatch(&mut state, avoid);

@@ -22,10 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tidings_core::driver::{Completion, Consumer, Delivery, Outcome, Settle};
 use tidings_core::envelope::now_ms;
-use tidings_core::{
-    async_trait, Completion, Consumer, Delivery, Envelope, Outcome, Pattern, Result, Settle,
-};
+use tidings_core::{async_trait, Envelope, Pattern, Result};
 use tokio::sync::mpsc;
 
 use crate::dialect::GiveBack;
@@ -334,6 +333,7 @@ impl StompSettle {
                 self.ack();
                 Ok(())
             }
+            other => Err(other.unsupported()),
         }
     }
 }

@@ -21,6 +21,9 @@ mod config;
 mod consumer;
 mod dialect;
 mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod link;
 mod outbox;
 mod provider;
@@ -29,7 +32,8 @@ mod wire;
 
 use std::sync::Arc;
 
-use tidings_core::{Error, ErrorKind, Provider, Result};
+use tidings_core::driver::Provider;
+use tidings_core::{Error, ErrorKind, Result};
 
 pub use provider::StompProvider;
 

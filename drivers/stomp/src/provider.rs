@@ -7,11 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_stomp::AckMode;
-use tidings_core::provider::Status;
-use tidings_core::{
-    async_trait, Capabilities, Completion, Consumer, Envelope, Error, ErrorKind, Inbox, Mode,
-    Pattern, Provider, PublishOptions, Result, SubscribeSpec,
-};
+use tidings_core::driver::Status;
+use tidings_core::driver::{Completion, Consumer, Inbox, Provider, PublishOptions, SubscribeSpec};
+use tidings_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Pattern, Result};
 use tokio::sync::{mpsc, watch, OnceCell};
 
 use crate::consumer::{StompConsumer, SubContext};
@@ -214,10 +212,7 @@ impl Provider for StompProvider {
         let plan = self
             .dialect()
             .subscription(ns, &spec.pattern, &spec.mode, &self.unique());
-        let from = match &spec.mode {
-            Mode::Broadcast => "broadcast".to_owned(),
-            Mode::Group { name, .. } => name.clone(),
-        };
+        let from = spec.mode.subscription_name().to_owned();
         let dead_letters = self
             .dialect()
             .dead_letters(ns, &spec.dead_letter_queue)

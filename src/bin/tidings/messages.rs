@@ -6,7 +6,8 @@ use std::process::Stdio;
 
 use serde_json::Value;
 use tidings::codec::JSON;
-use tidings::{Bus, Codec, Envelope, HandlerError, PublishOptions};
+use tidings::driver::PublishOptions;
+use tidings::{Bus, Codec, Envelope, HandlerError};
 use tokio::io::AsyncWriteExt;
 
 use crate::args::{CallArgs, EmitArgs, ServeArgs, TailArgs};

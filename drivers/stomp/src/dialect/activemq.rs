@@ -11,7 +11,8 @@
 //! dots, which would break the `Consumer.*.` match, so dots become `~` there. Messages are sent
 //! with `content-length`, which keeps them binary (BytesMessage); `expires` is absolute.
 
-use tidings_core::{Capabilities, Mode, Pattern, Segment};
+use tidings_core::driver::{Capability, Mode};
+use tidings_core::{Capabilities, Pattern, Segment};
 
 use super::{is_inbox_id, split_prefix, Dialect, GiveBack, Plan};
 
@@ -72,15 +73,15 @@ impl Dialect for ActiveMq {
 
     fn subscription(&self, namespace: &str, pattern: &Pattern, mode: &Mode, _unique: &str) -> Plan {
         let (native, filter) = native_pattern(pattern);
-        match mode {
-            Mode::Broadcast => Plan {
+        match mode.group() {
+            None => Plan {
                 destination: format!("/topic/VirtualTopic.{namespace}.{native}"),
                 headers: Vec::new(),
                 filter,
                 retry: GiveBack::Local,
                 requeue: GiveBack::Local,
             },
-            Mode::Group { name, .. } => {
+            Some((name, _)) => {
                 let destination = format!(
                     "/queue/Consumer.{}.VirtualTopic.{namespace}.{native}",
                     group_word(name)
@@ -165,15 +166,12 @@ impl Dialect for ActiveMq {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            mandatory: false,
-            max_body: 16 * 1024 * 1024,
-            notes: vec![(
-                "mandatory",
+        Capabilities::default()
+            .with_max_body(16 * 1024 * 1024)
+            .without(
+                Capability::Mandatory,
                 "ActiveMQ acknowledges a SEND to a topic nobody subscribes to; STOMP cannot tell",
-            )],
-            ..Capabilities::default()
-        }
+            )
     }
 }
 

@@ -11,7 +11,8 @@ mod rabbitmq;
 
 use std::fmt;
 
-use tidings_core::{Capabilities, Mode, Pattern};
+use tidings_core::driver::Mode;
+use tidings_core::{Capabilities, Pattern};
 
 pub(crate) use activemq::ActiveMq;
 pub(crate) use rabbitmq::RabbitMq;

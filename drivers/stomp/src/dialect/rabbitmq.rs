@@ -9,7 +9,8 @@
 //! the default exchange. NACK would requeue, but marks the message `redelivered`, which the
 //! driver reads as "its consumer died" (attempt + 1), so requeue sends a copy instead.
 
-use tidings_core::{Capabilities, Mode, Pattern};
+use tidings_core::driver::{Capability, Mode};
+use tidings_core::{Capabilities, Pattern};
 
 use super::{is_inbox_id, split_prefix, Dialect, GiveBack, Plan};
 
@@ -57,19 +58,19 @@ impl Dialect for RabbitMq {
 
     fn subscription(&self, namespace: &str, pattern: &Pattern, mode: &Mode, unique: &str) -> Plan {
         let destination = format!("/topic/{namespace}.{}", pattern.as_str());
-        match mode {
-            Mode::Broadcast => Plan {
+        match mode.group() {
+            None => Plan {
                 destination,
                 headers: queue_headers(&format!("{namespace}.broadcast.{unique}"), false),
                 filter: false,
                 retry: GiveBack::Local,
                 requeue: GiveBack::Local,
             },
-            Mode::Group { name, durable } => {
+            Some((name, durable)) => {
                 let queue = format!("{namespace}.group.{name}");
                 Plan {
                     destination,
-                    headers: queue_headers(&queue, *durable),
+                    headers: queue_headers(&queue, durable),
                     filter: false,
                     retry: GiveBack::Republish(format!("/amq/queue/{queue}")),
                     requeue: GiveBack::Republish(format!("/amq/queue/{queue}")),
@@ -155,16 +156,13 @@ impl Dialect for RabbitMq {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            mandatory: false,
-            max_body: 16 * 1024 * 1024,
-            notes: vec![(
-                "mandatory",
+        Capabilities::default()
+            .with_max_body(16 * 1024 * 1024)
+            .without(
+                Capability::Mandatory,
                 "RabbitMQ's STOMP plugin has no mandatory flag and returns a receipt even when no \
                  queue took the message",
-            )],
-            ..Capabilities::default()
-        }
+            )
     }
 }
 

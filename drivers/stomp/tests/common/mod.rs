@@ -7,6 +7,7 @@ pub mod admin;
 use std::sync::{Arc, Mutex};
 
 use tidings_conformance::{BoxFuture, Harness};
+use tidings_core::driver::Capability;
 use tidings_core::{Bus, Capabilities, Result};
 
 /// The two brokers the driver is tested on.
@@ -79,12 +80,8 @@ impl Harness for StompHarness {
 
     fn capabilities(&self) -> Capabilities {
         // Same answers as the dialect gives once connected (checked by a test).
-        let mut c = Capabilities {
-            mandatory: false,
-            ..Capabilities::default()
-        };
-        c.notes.push((
-            "mandatory",
+        Capabilities::default().without(
+            Capability::Mandatory,
             match self.broker {
                 Broker::RabbitMq => {
                     "RabbitMQ's STOMP plugin has no mandatory flag and returns a receipt even when no \
@@ -94,8 +91,7 @@ impl Harness for StompHarness {
                     "ActiveMQ acknowledges a SEND to a topic nobody subscribes to; STOMP cannot tell"
                 }
             },
-        ));
-        c
+        )
     }
 
     fn connect<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<Bus>> {

@@ -1,4 +1,6 @@
-//! The contract between the bus and a transport driver.
+//! The contract between the bus and a transport driver: what a driver implements
+//! ([`Provider`], [`Consumer`], [`Settle`]) and the types they exchange. Applications never
+//! need this module; they hold a [`Bus`](crate::Bus).
 //!
 //! A driver supplies transport primitives only: publish, subscribe, settle a delivery
 //! (ack, requeue, retry, dead-letter), a reply inbox, and close. All policy — how many attempts,
@@ -25,11 +27,12 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 
 use crate::envelope::Envelope;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::routing::Pattern;
 
 /// How a subscription shares messages with other subscriptions.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Mode {
     /// Every broadcast subscription receives its own copy; messages published while it does not
     /// exist are not kept for it.
@@ -44,8 +47,27 @@ pub enum Mode {
     },
 }
 
+impl Mode {
+    /// The group's name and durability; `None` for a broadcast subscription. Drivers read the
+    /// mode through this rather than matching it, so a mode added later (with a capability
+    /// flag of its own, so that drivers without it are never asked) breaks no driver.
+    pub fn group(&self) -> Option<(&str, bool)> {
+        match self {
+            Self::Group { name, durable } => Some((name, *durable)),
+            Self::Broadcast => None,
+        }
+    }
+
+    /// The name a dead letter records as the subscription it came from: the group's name, or
+    /// `broadcast`.
+    pub fn subscription_name(&self) -> &str {
+        self.group().map_or("broadcast", |(name, _)| name)
+    }
+}
+
 /// What a driver needs to open a subscription.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct SubscribeSpec {
     /// Which routing keys to receive.
     pub pattern: Pattern,
@@ -57,16 +79,43 @@ pub struct SubscribeSpec {
     pub dead_letter_queue: String,
 }
 
+impl SubscribeSpec {
+    /// A subscription to `pattern` in `mode`, with `prefetch` (at least 1) and the dead-letter
+    /// queue `dead_letter_queue`.
+    pub fn new(
+        pattern: Pattern,
+        mode: Mode,
+        prefetch: u16,
+        dead_letter_queue: impl Into<String>,
+    ) -> Self {
+        Self {
+            pattern,
+            mode,
+            prefetch: prefetch.max(1),
+            dead_letter_queue: dead_letter_queue.into(),
+        }
+    }
+}
+
 /// Per-publish options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PublishOptions {
     /// Fail with [`ErrorKind::NoResponders`](crate::ErrorKind::NoResponders) when no queue
     /// takes the message, where the transport can tell.
     pub mandatory: bool,
 }
 
+impl PublishOptions {
+    /// The options of a plain publish.
+    pub const DEFAULT: Self = Self { mandatory: false };
+    /// The options of a publish that must reach a queue (casts and RPC requests).
+    pub const MANDATORY: Self = Self { mandatory: true };
+}
+
 /// How a delivery is settled.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Outcome {
     /// Done: remove it.
     Ack,
@@ -80,6 +129,16 @@ pub enum Outcome {
         /// Why it could not be handled.
         reason: String,
     },
+}
+
+impl Outcome {
+    /// The error a driver gives for an outcome it does not know (outcomes may be added).
+    pub fn unsupported(&self) -> Error {
+        Error::new(
+            ErrorKind::Unsupported,
+            format!("this driver cannot settle a delivery with {self:?}"),
+        )
+    }
 }
 
 /// What the per-message operations of a driver (publish, next, settle) return: either a
@@ -232,7 +291,16 @@ impl fmt::Debug for Inbox {
 
 /// What a driver and its broker can do. The conformance suite reports a case whose capability
 /// is missing as unsupported, with the reason, instead of passing it.
+///
+/// # Examples
+/// ```
+/// use tidings_core::driver::{Capabilities, Capability};
+/// let c = Capabilities::default()
+///     .without(Capability::Mandatory, "the broker accepts messages nobody takes");
+/// assert!(!c.mandatory && c.ttl);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Capabilities {
     /// Messages expire after their TTL.
     pub ttl: bool,
@@ -261,8 +329,58 @@ impl Default for Capabilities {
     }
 }
 
+impl Capabilities {
+    /// These capabilities without `capability`, and `why` it is missing (shown by the
+    /// conformance suite).
+    #[must_use]
+    pub fn without(mut self, capability: Capability, why: &'static str) -> Self {
+        match capability {
+            Capability::Ttl => self.ttl = false,
+            Capability::DurableGroups => self.durable_groups = false,
+            Capability::Redelivery => self.redelivery = false,
+            Capability::Mandatory => self.mandatory = false,
+        }
+        self.notes.push((capability.name(), why));
+        self
+    }
+
+    /// These capabilities with `max_body` as the largest body carried.
+    #[must_use]
+    pub fn with_max_body(mut self, max_body: usize) -> Self {
+        self.max_body = max_body;
+        self
+    }
+}
+
+/// One capability a driver may lack; see [`Capabilities`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Capability {
+    /// [`Capabilities::ttl`].
+    Ttl,
+    /// [`Capabilities::durable_groups`].
+    DurableGroups,
+    /// [`Capabilities::redelivery`].
+    Redelivery,
+    /// [`Capabilities::mandatory`].
+    Mandatory,
+}
+
+impl Capability {
+    /// The field's name, as the conformance suite shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ttl => "ttl",
+            Self::DurableGroups => "durable_groups",
+            Self::Redelivery => "redelivery",
+            Self::Mandatory => "mandatory",
+        }
+    }
+}
+
 /// Connection health, as a driver reports it through [`Provider::status`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Status {
     /// Connected and working.
     Connected,
