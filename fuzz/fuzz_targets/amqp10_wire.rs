@@ -1,0 +1,110 @@
+//! The AMQP 1.0 driver's envelope decoding, on messages as fe2o3 deserializes them from a
+//! transfer's bytes (serde_amqp), and on what the driver itself sends for any envelope (which
+//! must decode to that envelope again).
+#![no_main]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arbitrary::Arbitrary;
+use bytes::Bytes;
+use fe2o3_amqp::types::messaging::message::__private::{Deserializable, Serializable};
+use fe2o3_amqp::types::messaging::{Body, Message};
+use fe2o3_amqp::types::primitives::Value;
+use libfuzzer_sys::fuzz_target;
+use tidings_amqp10::fuzzing;
+use tidings_core::envelope::headers;
+use tidings_core::Envelope;
+
+#[derive(Arbitrary, Debug)]
+enum Input<'a> {
+    /// A message's bytes as a transfer carries them; the flag says redelivered.
+    Wire(bool, &'a [u8]),
+    /// An envelope.
+    RoundTrip(Fields, bool),
+}
+
+#[derive(Arbitrary, Debug)]
+struct Fields {
+    id: String,
+    routing_key: String,
+    event: String,
+    /// (tidings' own header, name, value)
+    headers: Vec<(bool, String, String)>,
+    content_type: String,
+    body: Vec<u8>,
+    timestamp_ms: u64,
+    ttl_ms: Option<u64>,
+    correlation_id: Option<String>,
+    reply_to: Option<String>,
+    emitter: String,
+    attempt: u32,
+}
+
+/// The application property names the driver uses for envelope fields.
+const FIELDS: [&str; 4] = [
+    "tidings-event",
+    "tidings-emitter",
+    "tidings-attempt",
+    "tidings-ttl-ms",
+];
+
+impl Fields {
+    /// The envelope, with what the core guarantees of one that is sent.
+    fn envelope(self) -> Envelope {
+        let mut map = BTreeMap::new();
+        for (own, name, value) in self.headers {
+            let name = if own {
+                format!("{}{name}", headers::RESERVED_PREFIX)
+            } else if headers::check_user_name(&name).is_ok() {
+                name
+            } else {
+                continue;
+            };
+            // tidings' own headers are the core's (status, dead letter), never these names.
+            if !FIELDS.contains(&name.as_str()) {
+                map.insert(name, value);
+            }
+        }
+        Envelope {
+            id: self.id,
+            routing_key: self.routing_key,
+            event: self.event.into(),
+            headers: map,
+            content_type: self.content_type.into(),
+            body: Bytes::from(self.body),
+            // The creation time is a signed 64-bit count of milliseconds.
+            timestamp_ms: self.timestamp_ms.min(i64::MAX as u64),
+            ttl: self.ttl_ms.map(Duration::from_millis),
+            correlation_id: self.correlation_id,
+            reply_to: self.reply_to,
+            emitter: self.emitter,
+            attempt: self.attempt.max(1),
+        }
+    }
+}
+
+fn decode(bytes: &[u8], redelivered: bool) -> Option<Envelope> {
+    let Deserializable(message) =
+        serde_amqp::from_slice::<Deserializable<Message<Body<Value>>>>(bytes).ok()?;
+    Some(fuzzing::decode(message, redelivered))
+}
+
+fuzz_target!(|input: Input<'_>| match input {
+    Input::Wire(redelivered, bytes) => {
+        if let Some(envelope) = decode(bytes, redelivered) {
+            assert!(envelope.attempt >= 1);
+            assert!(envelope.attempt >= 2 || !redelivered);
+            for name in FIELDS {
+                assert!(!envelope.headers.contains_key(name), "{name}");
+            }
+        }
+    }
+    Input::RoundTrip(fields, durable) => {
+        let envelope = fields.envelope();
+        let message = fuzzing::encode(envelope.clone(), durable);
+        let bytes = serde_amqp::to_vec(&Serializable(message)).expect("serialize");
+        let back = decode(&bytes, false).expect("what the driver sends deserializes");
+        assert_eq!(back, envelope);
+    }
+});
