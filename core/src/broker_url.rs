@@ -225,11 +225,12 @@ fn parse_ms(name: &str, value: &str) -> Result<Duration> {
     })
 }
 
+/// Percent-decodes a user name, password or path: `+` and `&` are themselves there, not a
+/// space and a field separator as in a query string.
 fn decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("x={text}").as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Checks an exchange name early, so a bad `?exchange=` fails at connect time with a clear
@@ -413,6 +414,24 @@ mod tests {
         );
         let u = BrokerUrl::parse("amqp://h/?heartbeat=10", "amqp091", &["amqp"]).unwrap();
         assert!(u.reject_unknown(&["heartbeat"]).is_ok());
+    }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/broker_url.rs`): the login and the virtual host
+    /// were decoded as a query field, so `+` became a space and `&` cut off the rest.
+    #[test]
+    fn the_login_and_vhost_keep_plus_and_ampersand() {
+        let u = BrokerUrl::parse(
+            "amqp://gu%40est:se%2Fcret@[::1]:5673/my%2Fvblish_time2=ot_usm50&hearttbae=10&dialect=x",
+            "amqp091",
+            &["amqp"],
+        )
+        .unwrap();
+        assert_eq!(u.vhost(), "my/vblish_time2=ot_usm50&hearttbae=10&dialect=x");
+        let u = BrokerUrl::parse("amqp://a+b&c:p&w+d%2B@h/v+h%26x", "amqp091", &["amqp"]).unwrap();
+        assert_eq!(u.username().as_deref(), Some("a+b&c"));
+        assert_eq!(u.password().as_deref(), Some("p&w+d+"));
+        assert_eq!(u.vhost(), "v+h&x");
+        assert!(!u.redacted().contains("p&w"), "{}", u.redacted());
     }
 
     #[test]

@@ -178,4 +178,22 @@ mod tests {
         let e = Codec::decode::<Point>(JSON, br#"{"x":1,"label":"a"} x"#).unwrap_err();
         assert!(e.to_string().contains("trailing characters"), "{e}");
     }
+
+    /// Found by fuzzing (`fuzz/fuzz_targets/codec_json.rs`): serde_json's default float parser
+    /// is off by one unit in the last place for some numbers, so an `f64` sent as JSON could
+    /// arrive as its neighbour.
+    #[test]
+    fn json_floats_round_trip_exactly() {
+        for x in [
+            3.6666666666e79_f64,
+            0.1,
+            1e-300,
+            2.2250738585072014e-308,
+            f64::MAX,
+        ] {
+            let bytes = Codec::Json.encode(&x).unwrap();
+            let back: f64 = Codec::decode(JSON, &bytes).unwrap();
+            assert_eq!(back.to_bits(), x.to_bits(), "{x:e}");
+        }
+    }
 }
