@@ -3,11 +3,15 @@
 //! The sender picks a codec; its content type travels in the envelope and the receiver decodes
 //! by that content type, so senders may change codecs without coordinating with receivers.
 
+use std::cell::Cell;
+
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
+use serde::de::{Deserialize, DeserializeOwned};
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Result};
+
+mod depth;
 
 /// Content type of [`Codec::Postcard`].
 pub const POSTCARD: &str = "application/postcard";
@@ -81,12 +85,12 @@ impl Codec {
             )
         })?;
         match codec {
-            Self::Postcard => match postcard::take_from_bytes(bytes) {
+            Self::Postcard => match take_postcard(bytes) {
                 // postcard reads what the type needs and stops: a body with bytes left over was
                 // written for another type (or is not postcard at all, such as JSON sent with
                 // the wrong content type), so it must not pass as this one.
-                Ok((value, [])) => Ok(value),
-                Ok((_, rest)) => Err(Error::new(
+                (Ok((value, [])), _) => Ok(value),
+                (Ok((_, rest)), _) => Err(Error::new(
                     ErrorKind::Decode,
                     format!(
                         "cannot decode {type_name} from {} postcard bytes: {} byte{} left over \
@@ -96,12 +100,20 @@ impl Codec {
                         if rest.len() == 1 { "" } else { "s" }
                     ),
                 )),
-                Err(e) => Err(Error::new(
+                (Err(e), too_deep) => Err(Error::new(
                     ErrorKind::Decode,
-                    format!(
-                        "cannot decode {type_name} from {} postcard bytes: {e}",
-                        bytes.len()
-                    ),
+                    if too_deep {
+                        format!(
+                            "cannot decode {type_name} from {} postcard bytes: values nested \
+                             deeper than {POSTCARD_MAX_DEPTH} levels",
+                            bytes.len()
+                        )
+                    } else {
+                        format!(
+                            "cannot decode {type_name} from {} postcard bytes: {e}",
+                            bytes.len()
+                        )
+                    },
                 )
                 .with_source(e)),
             },
@@ -114,6 +126,25 @@ impl Codec {
             }),
         }
     }
+}
+
+/// How deeply a postcard body may nest: every sequence, tuple, struct, map, option, newtype and
+/// enum variant is a level. postcard itself has no limit, and a body of nested values (for a
+/// recursive type) would overflow the stack and abort the process.
+const POSTCARD_MAX_DEPTH: usize = 256;
+
+/// `postcard::take_from_bytes` under [`POSTCARD_MAX_DEPTH`], and whether the limit was hit.
+fn take_postcard<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> (postcard::Result<(T, &'a [u8])>, bool) {
+    let hit = Cell::new(false);
+    let mut deserializer = postcard::Deserializer::from_bytes(bytes);
+    let limited = depth::Limited {
+        inner: &mut deserializer,
+        limit: depth::Limit::new(POSTCARD_MAX_DEPTH, &hit),
+    };
+    let result = T::deserialize(limited).and_then(|value| Ok((value, deserializer.finalize()?)));
+    (result, hit.get())
 }
 
 #[cfg(test)]
@@ -195,5 +226,45 @@ mod tests {
             let back: f64 = Codec::decode(JSON, &bytes).unwrap();
             assert_eq!(back.to_bits(), x.to_bits(), "{x:e}");
         }
+    }
+
+    /// postcard has no depth limit: a body of nested values for a recursive type (the `Tree`
+    /// of the `codec_postcard` fuzz target) overflowed the stack, which aborts the whole
+    /// process; here a 200 kB body of `Node([Node([...`.
+    #[test]
+    fn deeply_nested_postcard_is_an_error_not_a_stack_overflow() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        enum Tree {
+            Leaf(i32),
+            Node(Vec<Tree>),
+        }
+        let nested = |depth: usize| {
+            let mut body = [1u8, 1].repeat(depth);
+            body.extend([0, 0]);
+            body
+        };
+        let e = Codec::decode::<Tree>(POSTCARD, &nested(100_000)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Decode);
+        assert!(
+            e.to_string().contains("nested deeper than 256 levels"),
+            "{e}"
+        );
+        // Two levels per node (the variant and its vector), the leaf's variant one more.
+        assert!(Codec::decode::<Tree>(POSTCARD, &nested(127)).is_ok());
+        assert!(Codec::decode::<Tree>(POSTCARD, &nested(128)).is_err());
+        // Everything else decodes as before, options, maps and newtypes included.
+        type Nested = (
+            Option<Vec<Point>>,
+            std::collections::BTreeMap<String, (u8, Option<String>)>,
+        );
+        let value: Nested = (
+            Some(vec![Point {
+                x: 1,
+                label: "a".into(),
+            }]),
+            [("k".to_owned(), (2, None))].into(),
+        );
+        let bytes = Codec::Postcard.encode(&value).unwrap();
+        assert_eq!(Codec::decode::<Nested>(POSTCARD, &bytes).unwrap(), value);
     }
 }
