@@ -272,6 +272,16 @@ pub fn bracketed(host: &str) -> Cow<'_, str> {
 /// `url` with any password replaced by `***` — also inside URLs given as query options (such as
 /// a management API address) and when the URL does not parse.
 pub fn redact(url: &str) -> String {
+    redact_nested(url, REDACT_LEVELS)
+}
+
+/// How many levels of URLs inside options of URLs [`redact`] looks into; an option one level
+/// deeper that looks like a URL with credentials is hidden whole. Each level is escaped once
+/// more, so without a bound the text grew with the square of the nesting (a 2 kB URL of
+/// nested options became 200 kB, a 64 kB one several hundred MB).
+const REDACT_LEVELS: usize = 2;
+
+fn redact_nested(url: &str, levels: usize) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
@@ -283,7 +293,12 @@ pub fn redact(url: &str) -> String {
                 .collect();
             if pairs.iter().any(|(_, v)| v.contains('@')) {
                 let pairs = pairs.into_iter().map(|(k, v)| {
-                    let v = if v.contains("://") { redact(&v) } else { v };
+                    let v = match levels.checked_sub(1) {
+                        _ if !v.contains("://") => v,
+                        Some(levels) => redact_nested(&v, levels),
+                        None if v.contains('@') => "***".to_owned(),
+                        None => v,
+                    };
                     (k, v)
                 });
                 parsed.query_pairs_mut().clear().extend_pairs(pairs);
@@ -432,6 +447,26 @@ mod tests {
         assert_eq!(u.password().as_deref(), Some("p&w+d+"));
         assert_eq!(u.vhost(), "v+h&x");
         assert!(!u.redacted().contains("p&w"), "{}", u.redacted());
+    }
+
+    /// A URL of options nested in options (`?m=x://u:p@h/?m=x://u:p@h/...`) was redacted at
+    /// every level and escaped again at each: the result grew with the square of the nesting
+    /// (seconds and hundreds of MB for a long one).
+    #[test]
+    fn redacting_nested_urls_stays_linear() {
+        let mut url = String::from("amqp://u:secret@h/");
+        for _ in 0..2000 {
+            url.push_str("?m=x://u:secret@h/");
+        }
+        let redacted = redact(&url);
+        assert!(!redacted.contains("secret"));
+        assert!(redacted.len() < 3 * url.len(), "{} bytes", redacted.len());
+        // The management API address of the amqp10 driver is still redacted on its own.
+        let two = redact("amqp10://u:pw@h/?management=http://a:b@m/?x=http://c:d@n&e=f");
+        assert_eq!(
+            two,
+            "amqp10://u:***@h/?management=http%3A%2F%2Fa%3A***%40m%2F%3Fx%3Dhttp%253A%252F%252Fc%253A***%2540n%252F&e=f"
+        );
     }
 
     #[test]
