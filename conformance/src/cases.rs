@@ -15,7 +15,12 @@ use crate::ensure;
 use crate::support::{collector, Ctx, Note, QUIET, SOON};
 use crate::BoxFuture;
 
+mod layers;
 mod membership;
+use layers::{
+    layers_of_each_handle_see_its_own_requests_and_replies,
+    layers_run_outermost_first_see_outcomes_and_can_stop,
+};
 use membership::{
     guard_toggling_while_messages_flow_strands_nothing,
     member_leaving_while_messages_flow_strands_nothing,
@@ -88,6 +93,8 @@ cases! {
     undecodable_payload_is_dead_lettered_without_retry, always, 30;
     expired_message_is_not_delivered, ttl, 30;
     headers_and_interceptors_round_trip, always, 30;
+    layers_of_each_handle_see_its_own_requests_and_replies, always, 30;
+    layers_run_outermost_first_see_outcomes_and_can_stop, always, 30;
     emitter_identity_is_visible_and_filterable, always, 30;
     rpc_call_returns_the_reply, always, 30;
     rpc_remote_error_reaches_the_caller, always, 30;

@@ -14,22 +14,24 @@ use crate::envelope::{headers, Envelope};
 use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::interceptor::Interceptor;
+use crate::layer::{Intercepting, Kind, Layer};
+use crate::reply_inbox::ReplyInbox;
 use crate::routing::RoutingKey;
-use crate::rpc::RpcClient;
 
 /// A connection to the event bus. Cheap to clone; clones share the connection.
 ///
 /// A bus publishes ([`emit`](Self::emit), [`cast`](Self::cast), [`call`](Self::call)),
 /// subscribes ([`subscribe`](Self::subscribe), [`serve`](Self::serve)) and shuts down gracefully
 /// ([`shutdown`](Self::shutdown), [`run_until_signal`](Self::run_until_signal)). Settings such as
-/// identity, codec and interceptors are per handle: `as_participant`, `with_codec` and
+/// identity, codec and layers are per handle: `as_participant`, `with_codec`, `with_layer` and
 /// `with_interceptor` return a new handle on the same connection.
 #[derive(Clone)]
 pub struct Bus {
     pub(crate) shared: Arc<Shared>,
     pub(crate) identity: Arc<str>,
     pub(crate) codec: Codec,
-    pub(crate) interceptors: Arc<[Arc<dyn Interceptor>]>,
+    /// Middleware around everything this handle sends and handles; the first is outermost.
+    pub(crate) layers: Arc<[Arc<dyn Layer>]>,
 }
 
 pub(crate) struct Shared {
@@ -38,7 +40,7 @@ pub(crate) struct Shared {
     pub(crate) stopping: CancellationToken,
     /// Every subscription loop, so shutdown can wait for in-flight handlers.
     pub(crate) tasks: TaskTracker,
-    pub(crate) rpc: tokio::sync::OnceCell<RpcClient>,
+    pub(crate) rpc: tokio::sync::OnceCell<ReplyInbox>,
     pub(crate) shutdown_timeout: std::sync::Mutex<Duration>,
 }
 
@@ -55,7 +57,7 @@ impl Bus {
             }),
             identity: default_identity().into(),
             codec: Codec::default(),
-            interceptors: Arc::from(Vec::new()),
+            layers: Arc::from(Vec::new()),
         }
     }
 
@@ -109,16 +111,47 @@ impl Bus {
         }
     }
 
-    /// This handle, with `interceptor` added after the existing ones. Subscriptions made from
-    /// the returned handle run it on receive; messages sent through it run it on send.
+    /// This handle, with the middleware `layer` added inside the existing ones (the first
+    /// layer added is the outermost). Messages sent through the returned handle pass through
+    /// it on their way out; subscriptions and servers made from it, and replies to its calls,
+    /// pass through it on their way in. See [`layer`](crate::layer).
+    ///
+    /// # Examples
+    /// ```
+    /// use tidings_core::layer::{self, BoxFuture, Layer, Next, Outgoing};
+    ///
+    /// /// Refuses to send anything without a tenant header.
+    /// struct RequireTenant;
+    ///
+    /// impl Layer for RequireTenant {
+    ///     fn send<'a>(&'a self, m: Outgoing, next: Next<'a, Outgoing>) -> BoxFuture<'a, tidings_core::Result<()>> {
+    ///         if m.envelope.headers.contains_key("tenant") {
+    ///             next.run(m)
+    ///         } else {
+    ///             Box::pin(async { Err(layer::stop("no tenant header")) })
+    ///         }
+    ///     }
+    /// }
+    /// # async fn demo(bus: tidings_core::Bus) {
+    /// let strict = bus.with_layer(RequireTenant);
+    /// # let _ = strict; }
+    /// ```
     #[must_use]
-    pub fn with_interceptor(&self, interceptor: impl Interceptor) -> Self {
-        let mut all: Vec<_> = self.interceptors.iter().cloned().collect();
-        all.push(Arc::new(interceptor));
+    pub fn with_layer(&self, layer: impl Layer) -> Self {
+        let mut all: Vec<_> = self.layers.iter().cloned().collect();
+        all.push(Arc::new(layer));
         Self {
-            interceptors: all.into(),
+            layers: all.into(),
             ..self.clone()
         }
+    }
+
+    /// This handle, with `interceptor` added as a layer inside the existing ones: it reads and
+    /// sets headers of what the returned handle sends, and of what its subscriptions, servers
+    /// and calls receive.
+    #[must_use]
+    pub fn with_interceptor(&self, interceptor: impl Interceptor) -> Self {
+        self.with_layer(Intercepting(interceptor))
     }
 
     /// How long [`shutdown`](Self::shutdown) waits for in-flight handlers (default 30 s).
@@ -164,10 +197,15 @@ impl Bus {
         }
     }
 
-    /// Sends `event` to exactly one worker of the group serving `key` (fire-and-forget).
-    /// Fails with [`ErrorKind::NoResponders`] when the broker can tell nobody is bound.
+    /// Sends `event` to the service `key` fire-and-forget: one server of the group
+    /// [`serve`](Self::serve) makes (or one worker of each group subscribed to `key`) handles
+    /// it, and — as with every publish — each broadcast subscription whose pattern matches
+    /// gets its own copy. Fails with [`ErrorKind::NoResponders`] when the broker can tell
+    /// nobody takes it.
     pub async fn cast<E: Event>(&self, key: &str, event: &E) -> Result<()> {
-        self.emit(key, event).mandatory().await
+        let envelope = self.envelope(key, event)?;
+        self.send(envelope, Kind::Cast, &PublishOptions::MANDATORY, None)
+            .await
     }
 
     /// Builds an envelope for `event` under `key`, as this handle would send it, interceptors
@@ -181,27 +219,15 @@ impl Bus {
         Ok(envelope)
     }
 
-    /// Runs the send interceptors and publishes.
-    pub(crate) async fn publish(
-        &self,
-        mut envelope: Envelope,
-        options: &PublishOptions,
-    ) -> Result<()> {
-        for interceptor in self.interceptors.iter() {
-            interceptor.on_send(&mut envelope);
-        }
-        self.shared.provider.publish(envelope, options).await
-    }
-
-    /// Publishes a ready-made envelope (for tools that relay or replay messages). The routing
-    /// key is validated and the send interceptors run.
+    /// Publishes a ready-made envelope (for tools that relay or replay messages) as an event.
+    /// The routing key is validated and the layers run.
     pub async fn publish_envelope(
         &self,
         envelope: Envelope,
         options: &PublishOptions,
     ) -> Result<()> {
         RoutingKey::validate(&envelope.routing_key)?;
-        self.publish(envelope, options).await
+        self.send(envelope, Kind::Event, options, None).await
     }
 
     /// Stops taking new messages, waits for in-flight handlers (they settle their messages) up
@@ -254,7 +280,7 @@ impl fmt::Debug for Bus {
             .field("provider", &self.shared.provider)
             .field("identity", &self.identity)
             .field("codec", &self.codec)
-            .field("interceptors", &self.interceptors.len())
+            .field("layers", &self.layers.len())
             .finish()
     }
 }
@@ -299,8 +325,8 @@ impl<'a, E: Event> Emit<'a, E> {
         self
     }
 
-    /// Builds the envelope now; what remains to await is the driver's publish alone (one
-    /// future, no extra allocation per emit).
+    /// Builds the envelope now; what remains to await is the send path alone (without layers,
+    /// the driver's publish: one future, no extra allocation per emit).
     fn prepare(self) -> Result<(Envelope, &'static PublishOptions)> {
         let mut envelope = self.bus.envelope(self.key, self.event)?;
         for (name, value) in self.headers {
@@ -308,17 +334,12 @@ impl<'a, E: Event> Emit<'a, E> {
             envelope.headers.insert(name, value);
         }
         envelope.ttl = self.ttl;
-        for interceptor in self.bus.interceptors.iter() {
-            interceptor.on_send(&mut envelope);
-        }
-        Ok((
-            envelope,
-            if self.mandatory {
-                &PublishOptions::MANDATORY
-            } else {
-                &PublishOptions::DEFAULT
-            },
-        ))
+        let options = if self.mandatory {
+            &PublishOptions::MANDATORY
+        } else {
+            &PublishOptions::DEFAULT
+        };
+        Ok((envelope, options))
     }
 }
 
@@ -327,9 +348,9 @@ impl<'a, E: Event> IntoFuture for Emit<'a, E> {
     type IntoFuture = Completion<'a, Result<()>>;
 
     fn into_future(self) -> Self::IntoFuture {
-        let provider = &self.bus.shared.provider;
+        let bus = self.bus;
         match self.prepare() {
-            Ok((envelope, options)) => provider.publish(envelope, options),
+            Ok((envelope, options)) => bus.send(envelope, Kind::Event, options, None),
             Err(e) => Completion::ready(Err(e)),
         }
     }

@@ -8,6 +8,7 @@ use crate::bus::Bus;
 use crate::driver::{Consumer, Outcome, PublishOptions, Settle};
 use crate::envelope::{headers, Envelope};
 use crate::error::Result;
+use crate::layer::Kind;
 use crate::subscribe::check_name;
 
 /// A reader of one dead-letter queue. Made by [`Bus::dead_letters`].
@@ -116,7 +117,7 @@ impl DeadLetter {
         envelope.attempt = 1;
         envelope.timestamp_ms = crate::envelope::now_ms();
         self.bus
-            .publish(envelope, &PublishOptions::default())
+            .send(envelope, Kind::Replay, &PublishOptions::DEFAULT, None)
             .await?;
         self.settle.settle(Outcome::Ack).await
     }

@@ -38,6 +38,8 @@ pub enum ErrorKind {
     Closed,
     /// The driver or broker cannot do what was asked.
     Unsupported,
+    /// A middleware layer stopped the message; the message says why.
+    Stopped,
 }
 
 impl fmt::Display for ErrorKind {
@@ -57,6 +59,7 @@ impl fmt::Display for ErrorKind {
             Self::Remote => "remote handler failed",
             Self::Closed => "closed",
             Self::Unsupported => "unsupported",
+            Self::Stopped => "stopped",
         };
         f.write_str(s)
     }

@@ -14,8 +14,13 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod interceptor;
+pub mod layer;
+mod message;
+mod receive;
+mod reply_inbox;
 pub mod routing;
 pub mod rpc;
+mod send;
 pub mod subscribe;
 
 pub use broker_url::BrokerUrl;
@@ -27,11 +32,11 @@ pub use envelope::Envelope;
 pub use error::{Error, ErrorKind, Result};
 pub use event::Event;
 pub use interceptor::Interceptor;
+pub use layer::Layer;
+pub use message::{HandlerError, HandlerResult, Message, Payload};
 pub use routing::{Pattern, RoutingKey, Segment};
 pub use rpc::{Call, Serve};
-pub use subscribe::{
-    HandlerError, HandlerResult, Message, Payload, SubscribeBuilder, Subscription,
-};
+pub use subscribe::{SubscribeBuilder, Subscription};
 
 pub use async_trait::async_trait;
 pub use bytes::Bytes;

@@ -1,0 +1,107 @@
+//! The caller's side of RPC transport: one reply inbox per connection, shared by every call.
+//!
+//! No task reads the inbox. A waiting call takes the inbox and reads replies for every call
+//! until its own arrives, then hands the inbox to the next waiting call. A caller making one
+//! call at a time so reads its reply itself, without a hop through another task. Replies nobody
+//! waits for any more (they came after a timeout) are dropped quietly.
+//!
+//! The inbox hands each call its reply as it arrived; the call runs its own handle's layers on
+//! it (see [`Call`](crate::Call)), so every handle's layers see the replies to its calls.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::driver::{Consumer, Outcome, Provider};
+use crate::envelope::Envelope;
+use crate::error::Result;
+
+type Waiters = Mutex<HashMap<String, oneshot::Sender<Arc<Envelope>>>>;
+
+/// The reply inbox of one connection and the calls waiting on it.
+pub(crate) struct ReplyInbox {
+    address: String,
+    waiters: Waiters,
+    inbox: tokio::sync::Mutex<Box<dyn Consumer>>,
+}
+
+impl ReplyInbox {
+    /// Opens the connection's inbox.
+    pub(crate) async fn open(provider: &Arc<dyn Provider>) -> Result<Self> {
+        let inbox = provider.open_inbox().await?;
+        Ok(Self {
+            address: inbox.address,
+            waiters: Mutex::default(),
+            inbox: tokio::sync::Mutex::new(inbox.consumer),
+        })
+    }
+
+    /// The address requests carry as `reply_to`.
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Registers a call; its reply will arrive on the returned receiver.
+    pub(crate) fn expect(&self, correlation_id: &str) -> oneshot::Receiver<Arc<Envelope>> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("poisoned")
+            .insert(correlation_id.to_owned(), tx);
+        rx
+    }
+
+    /// Gives up on a call (it failed or timed out); a late reply is then dropped.
+    pub(crate) fn forget(&self, correlation_id: &str) {
+        self.waiters
+            .lock()
+            .expect("poisoned")
+            .remove(correlation_id);
+    }
+
+    /// Waits for the reply `rx` announces, reading the inbox for everybody while no other call
+    /// does. `None`: the connection closed.
+    pub(crate) async fn reply(
+        &self,
+        rx: oneshot::Receiver<Arc<Envelope>>,
+    ) -> Option<Arc<Envelope>> {
+        tokio::pin!(rx);
+        let mut inbox = tokio::select! {
+            biased;
+            reply = &mut rx => return reply.ok(),
+            inbox = self.inbox.lock() => inbox,
+        };
+        loop {
+            // Ours may have been read by the call that held the inbox before.
+            if let Ok(reply) = rx.try_recv() {
+                return Some(reply);
+            }
+            let delivery = inbox.next().await?;
+            let (envelope, settle) = delivery.into_parts();
+            let _ = settle.settle(Outcome::Ack).await;
+            let waiter = envelope
+                .correlation_id
+                .as_ref()
+                .and_then(|id| self.waiters.lock().expect("poisoned").remove(id));
+            match waiter {
+                Some(tx) => {
+                    let _ = tx.send(envelope);
+                }
+                None => tracing::debug!(
+                    correlation_id = ?envelope.correlation_id,
+                    "dropping a reply nobody waits for (late, after a timeout)"
+                ),
+            }
+        }
+    }
+}
+
+impl fmt::Debug for ReplyInbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplyInbox")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
