@@ -396,6 +396,10 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// What this driver and broker support.
     fn capabilities(&self) -> Capabilities;
 
+    /// The messaging system, as OpenTelemetry's `messaging.system` names it (`rabbitmq`,
+    /// `activemq`, …), for layers that report where messages go.
+    fn system(&self) -> &'static str;
+
     /// Publishes to the bus's topic space under `envelope.routing_key`.
     fn publish<'a>(
         &'a self,

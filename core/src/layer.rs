@@ -79,14 +79,22 @@ pub struct Outgoing {
     pub envelope: Envelope,
     /// What it is.
     pub kind: Kind,
+    /// The messaging system it goes through (OpenTelemetry's `messaging.system`).
+    pub system: &'static str,
     reply_address: Option<String>,
 }
 
 impl Outgoing {
-    pub(crate) fn new(envelope: Envelope, kind: Kind, reply_address: Option<String>) -> Self {
+    pub(crate) fn new(
+        envelope: Envelope,
+        kind: Kind,
+        system: &'static str,
+        reply_address: Option<String>,
+    ) -> Self {
         Self {
             envelope,
             kind,
+            system,
             reply_address,
         }
     }
@@ -112,6 +120,8 @@ pub struct Incoming {
     pub envelope: Arc<Envelope>,
     /// What it is.
     pub kind: Kind,
+    /// The messaging system it came through (OpenTelemetry's `messaging.system`).
+    pub system: &'static str,
     /// The subscription's pattern, the service's name, or for a reply the called service.
     pub subscription: Arc<str>,
     /// The group, for group subscriptions and RPC servers.
@@ -122,12 +132,14 @@ impl Incoming {
     pub(crate) fn new(
         envelope: Arc<Envelope>,
         kind: Kind,
+        system: &'static str,
         subscription: Arc<str>,
         group: Option<Arc<str>>,
     ) -> Self {
         Self {
             envelope,
             kind,
+            system,
             subscription,
             group,
         }

@@ -33,7 +33,12 @@ impl Bus {
             };
             let inner: &Inner<'_, Outgoing> = &inner;
             Next::chain(&self.layers, inner)
-                .run(Outgoing::new(envelope, kind, reply_address))
+                .run(Outgoing::new(
+                    envelope,
+                    kind,
+                    provider.system(),
+                    reply_address,
+                ))
                 .await
         })
     }

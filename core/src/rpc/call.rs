@@ -99,7 +99,13 @@ impl<'a, Req: Event, Resp: Event> Call<'a, Req, Resp> {
     /// the call with its reason.
     async fn receive_reply(&self, reply: Arc<Envelope>) -> Result<Resp> {
         let answer = Mutex::new(None);
-        let incoming = Incoming::new(reply, Kind::Reply, Arc::from(self.name), None);
+        let incoming = Incoming::new(
+            reply,
+            Kind::Reply,
+            self.bus.shared.provider.system(),
+            Arc::from(self.name),
+            None,
+        );
         let handled = receive(&self.bus.layers, incoming, |message| {
             let result = self.read_reply(&message.envelope);
             let mut handled = Handled::settled(Outcome::Ack);

@@ -162,6 +162,7 @@ impl<H: Handler> Worker<H> {
         let incoming = Incoming::new(
             envelope,
             self.kind,
+            self.bus.shared.provider.system(),
             self.subscription.clone(),
             self.group.clone(),
         );

@@ -79,6 +79,10 @@ pub(crate) async fn ensure_dead_queue(shared: &Arc<Shared>, queue: &str) -> Resu
 
 #[async_trait]
 impl Provider for AmqpProvider {
+    fn system(&self) -> &'static str {
+        "rabbitmq"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
     }

@@ -86,6 +86,11 @@ impl Amqp10Provider {
 
 #[async_trait]
 impl Provider for Amqp10Provider {
+    fn system(&self) -> &'static str {
+        // The only dialect so far.
+        "rabbitmq"
+    }
+
     fn capabilities(&self) -> Capabilities {
         capabilities()
     }

@@ -220,6 +220,10 @@ impl MemoryProvider {
 
 #[async_trait]
 impl Provider for MemoryProvider {
+    fn system(&self) -> &'static str {
+        "tidings-memory"
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
     }

@@ -189,6 +189,13 @@ impl StompProvider {
 
 #[async_trait]
 impl Provider for StompProvider {
+    fn system(&self) -> &'static str {
+        match self.kind {
+            DialectKind::RabbitMq => "rabbitmq",
+            DialectKind::ActiveMq => "activemq",
+        }
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.dialect().capabilities()
     }
