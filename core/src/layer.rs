@@ -81,7 +81,8 @@ pub struct Outgoing {
     pub kind: Kind,
     /// The messaging system it goes through (OpenTelemetry's `messaging.system`).
     pub system: &'static str,
-    reply_address: Option<String>,
+    /// A reply's destination, or the inbox address a request will carry.
+    address: Option<String>,
 }
 
 impl Outgoing {
@@ -89,25 +90,39 @@ impl Outgoing {
         envelope: Envelope,
         kind: Kind,
         system: &'static str,
-        reply_address: Option<String>,
+        address: Option<String>,
     ) -> Self {
         Self {
             envelope,
             kind,
             system,
-            reply_address,
+            address,
         }
     }
 
     /// Where it goes: the routing key, or for an RPC reply the caller's inbox address.
     pub fn destination(&self) -> &str {
-        self.reply_address
-            .as_deref()
-            .unwrap_or(&self.envelope.routing_key)
+        match (self.kind, &self.address) {
+            (Kind::Reply, Some(address)) => address,
+            _ => &self.envelope.routing_key,
+        }
+    }
+
+    /// For an RPC request, the address of the connection's reply inbox, which the request will
+    /// carry as `reply_to`: the driver sets it when it sends the request
+    /// ([`Provider::request`](crate::driver::Provider::request)), so `envelope.reply_to` is
+    /// empty here and changing it has no effect. The address is the one the driver gave when it
+    /// opened the inbox; a broker may rewrite it on the way (RabbitMQ's direct reply-to does).
+    /// `None` for anything else.
+    pub fn reply_to(&self) -> Option<&str> {
+        match self.kind {
+            Kind::Request => self.address.as_deref(),
+            _ => None,
+        }
     }
 
     pub(crate) fn into_parts(self) -> (Envelope, Option<String>) {
-        (self.envelope, self.reply_address)
+        (self.envelope, self.address)
     }
 }
 
@@ -200,7 +215,7 @@ impl Handled {
 /// assert_eq!(e.kind(), tidings_core::ErrorKind::Stopped);
 /// ```
 pub fn stop(reason: impl fmt::Display) -> Error {
-    Error::new(ErrorKind::Stopped, format!("stopped by a layer: {reason}"))
+    Error::new(ErrorKind::Stopped, format!("a layer refused it: {reason}"))
 }
 
 /// Code that runs around every message a bus sends and every delivery it handles. Both
