@@ -104,7 +104,7 @@ cases! {
     rpc_concurrent_calls_share_one_inbox, always, 30;
     rpc_calls_from_many_tasks_survive_one_timing_out, always, 30;
     rpc_call_without_server_fails_fast, mandatory, 30;
-    cast_reaches_exactly_one_worker, always, 30;
+    cast_reaches_one_server_and_every_broadcast_subscriber, always, 30;
     order_is_kept_from_one_publisher_to_one_consumer, always, 60;
     one_mebibyte_payload_round_trips, big_body, 60;
     ten_thousand_messages_none_lost_or_duplicated, always, 180;
@@ -872,7 +872,7 @@ async fn rpc_call_without_server_fails_fast(ctx: Arc<Ctx>) -> Outcome {
     Ok(())
 }
 
-async fn cast_reaches_exactly_one_worker(ctx: Arc<Ctx>) -> Outcome {
+async fn cast_reaches_one_server_and_every_broadcast_subscriber(ctx: Arc<Ctx>) -> Outcome {
     let name = ctx.name("encrypt");
     let (sink, mut got) = collector::<(usize, u64)>();
     for worker in 0..2 {
@@ -887,6 +887,14 @@ async fn cast_reaches_exactly_one_worker(ctx: Arc<Ctx>) -> Outcome {
         })
         .await?;
     }
+    // A broadcast subscription whose pattern matches the service's key: as the docs of
+    // `cast` say, it gets its own copy of every cast, beside the one server that handles it.
+    let (watch_sink, mut watched) = collector::<u64>();
+    let watcher = ctx.bus().await?;
+    watcher
+        .subscribe::<u64>(&name)
+        .handle(watch_sink.recorder(|n: u64| n))
+        .await?;
     let client = ctx.bus().await?;
     for n in 0..10u64 {
         client.cast(&name, &n).await?;
@@ -898,6 +906,13 @@ async fn cast_reaches_exactly_one_worker(ctx: Arc<Ctx>) -> Outcome {
     ensure!(
         ns == (0..10).collect::<Vec<_>>(),
         "casts handled: {ns:?}, expected each of 0..10 once"
+    );
+    let mut copies = watched.take(10, SOON).await?;
+    watched.nothing_more(QUIET).await?;
+    copies.sort();
+    ensure!(
+        copies == (0..10).collect::<Vec<_>>(),
+        "a broadcast subscriber of the key saw {copies:?}, expected a copy of each cast"
     );
     Ok(())
 }
