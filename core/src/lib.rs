@@ -16,6 +16,8 @@ pub mod event;
 pub mod interceptor;
 pub mod layer;
 mod message;
+#[cfg(any(feature = "otel", feature = "metrics"))]
+pub mod observe;
 mod receive;
 mod reply_inbox;
 pub mod routing;
