@@ -15,7 +15,9 @@ use crate::ensure;
 use crate::support::{collector, Ctx, Note, QUIET, SOON};
 use crate::BoxFuture;
 
+mod barrier;
 mod layers;
+use barrier::barrier_waits_for_every_participant_then_nobody_misses_an_event;
 mod membership;
 use layers::{
     layers_of_each_handle_see_its_own_requests_and_replies,
@@ -113,6 +115,7 @@ cases! {
     member_leaving_while_messages_flow_strands_nothing, always, 90;
     guard_toggling_while_messages_flow_strands_nothing, always, 90;
     invalid_keys_patterns_and_names_are_clear_errors, always, 30;
+    barrier_waits_for_every_participant_then_nobody_misses_an_event, always, 30;
 }
 
 async fn broadcast_reaches_every_subscriber_once(ctx: Arc<Ctx>) -> Outcome {

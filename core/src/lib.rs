@@ -5,6 +5,7 @@
 //! Drivers depend on this crate only. Applications use the `tidings` facade, which re-exports
 //! everything here and adds `connect(url)`.
 
+pub mod barrier;
 pub mod broker_url;
 pub mod bus;
 pub mod codec;
