@@ -33,6 +33,7 @@ struct State<T> {
 pub(crate) struct Entry<T> {
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) started: Instant,
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
     pub(crate) timeout: Duration,
     deadline: Instant,
     pub(crate) value: T,
