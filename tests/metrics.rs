@@ -14,13 +14,16 @@ use tidings::observe::metrics::names;
 use tidings::observe::MetricsLayer;
 use tidings::ErrorKind;
 
+/// A metric's name and sorted labels.
+type Series = (String, Vec<(String, String)>);
+
 /// Everything recorded so far. The debugging recorder drains on every snapshot, so counters and
 /// gauges are summed over snapshots (a gauge's changes add up to its value) and histogram
 /// samples collected.
 struct Recorded {
     snapshotter: Snapshotter,
-    values: HashMap<(String, Vec<(String, String)>), f64>,
-    samples: HashMap<(String, Vec<(String, String)>), Vec<f64>>,
+    values: HashMap<Series, f64>,
+    samples: HashMap<Series, Vec<f64>>,
 }
 
 impl Recorded {

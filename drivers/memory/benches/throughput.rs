@@ -3,14 +3,26 @@
 //! `cargo bench -p tidings-memory --bench throughput` prints events/s for one publisher to one
 //! and to four subscribers, and RPC calls/s, each next to a hand-written tokio equivalent that
 //! carries the same struct without routing, acks, codecs or envelopes.
+//!
+//! `BENCH_LAYERS` adds the observability layers to every bus, to measure what they cost:
+//! - `otel`: the tracing layer, with `tracing-opentelemetry` and an OpenTelemetry SDK tracer
+//!   (always sampled, batch span processor) whose exporter drops the spans: every message makes
+//!   its span and carries `traceparent`;
+//! - `otel-off`: the tracing layer with no subscriber (spans disabled: the layer's floor);
+//! - `metrics`: the metrics layer, recording into a Prometheus recorder (no HTTP listener).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use serde::{Deserialize, Serialize};
+use tidings_core::observe::{MetricsLayer, TracingLayer};
 use tidings_core::{Bus, Event};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tracing_subscriber::layer::SubscriberExt;
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Tick {
@@ -30,11 +42,50 @@ fn tick(n: u64) -> Tick {
 }
 
 async fn bus(name: &str) -> Bus {
-    Bus::new(
+    let bus = Bus::new(
         tidings_memory::connect(&format!("memory://{name}"))
             .await
             .expect("memory"),
-    )
+    );
+    match std::env::var("BENCH_LAYERS").as_deref() {
+        Ok("otel") | Ok("otel-off") => bus.with_layer(TracingLayer::new()),
+        Ok("metrics") => bus.with_layer(MetricsLayer::new()),
+        _ => bus,
+    }
+}
+
+/// An exporter that drops what it is given: the spans' cost without a collector's.
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        drop(batch);
+        Ok(())
+    }
+}
+
+/// Installs what `BENCH_LAYERS` asks for around the layers; returns what to keep alive.
+fn observe() -> Option<SdkTracerProvider> {
+    match std::env::var("BENCH_LAYERS").as_deref() {
+        Ok("otel") => {
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(Discard)
+                .build();
+            let subscriber = tracing_subscriber::registry()
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("throughput")));
+            tracing::subscriber::set_global_default(subscriber).expect("subscriber");
+            Some(provider)
+        }
+        Ok("metrics") => {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .expect("recorder");
+            None
+        }
+        Ok("otel-off") | Err(_) => None,
+        Ok(other) => panic!("BENCH_LAYERS={other:?}: expected otel, otel-off or metrics"),
+    }
 }
 
 /// Events/s published by one task and fully delivered to `subscribers` broadcast subscribers.
@@ -160,6 +211,7 @@ fn row(name: &str, tidings: f64, baseline: f64, unit: &str) {
 }
 
 fn main() {
+    let _provider = observe();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -185,8 +237,9 @@ fn main() {
         // Warm up allocators and the runtime.
         tidings_fanout(50_000, 1).await;
         println!(
-            "memory driver, {events} events / {calls} calls, {} worker threads",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+            "memory driver, {events} events / {calls} calls, {} worker threads, layers: {}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            std::env::var("BENCH_LAYERS").unwrap_or_else(|_| "none".into())
         );
         println!(
             "{:<34} {:>14} {:>14} {:>8}",
