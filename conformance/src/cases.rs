@@ -19,6 +19,7 @@ mod barrier;
 mod layers;
 use barrier::barrier_waits_for_every_participant_then_nobody_misses_an_event;
 mod membership;
+mod rpc_contract;
 use layers::{
     layers_of_each_handle_see_its_own_requests_and_replies,
     layers_run_outermost_first_see_outcomes_and_can_stop,
@@ -26,6 +27,10 @@ use layers::{
 use membership::{
     guard_toggling_while_messages_flow_strands_nothing,
     member_leaving_while_messages_flow_strands_nothing,
+};
+use rpc_contract::{
+    publish_carries_a_given_reply_to_unchanged,
+    rpc_two_buses_over_one_connection_each_get_their_own_replies,
 };
 
 /// What a case returns: any error fails it, with its text as the reason (driver errors and
@@ -105,6 +110,8 @@ cases! {
     rpc_reply_to_a_caller_that_left_does_not_stall_the_server, always, 30;
     rpc_concurrent_calls_share_one_inbox, always, 30;
     rpc_calls_from_many_tasks_survive_one_timing_out, always, 30;
+    rpc_two_buses_over_one_connection_each_get_their_own_replies, always, 30;
+    publish_carries_a_given_reply_to_unchanged, always, 30;
     rpc_call_without_server_fails_fast, mandatory, 30;
     cast_reaches_one_server_and_every_broadcast_subscriber, always, 30;
     order_is_kept_from_one_publisher_to_one_consumer, always, 60;

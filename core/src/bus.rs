@@ -15,7 +15,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::event::Event;
 use crate::interceptor::Interceptor;
 use crate::layer::{Intercepting, Kind, Layer};
-use crate::reply_inbox::ReplyInbox;
 use crate::routing::RoutingKey;
 
 /// A connection to the event bus. Cheap to clone; clones share the connection.
@@ -40,7 +39,6 @@ pub(crate) struct Shared {
     pub(crate) stopping: CancellationToken,
     /// Every subscription loop, so shutdown can wait for in-flight handlers.
     pub(crate) tasks: TaskTracker,
-    pub(crate) rpc: tokio::sync::OnceCell<ReplyInbox>,
     pub(crate) shutdown_timeout: std::sync::Mutex<Duration>,
 }
 
@@ -52,7 +50,6 @@ impl Bus {
                 provider,
                 stopping: CancellationToken::new(),
                 tasks: TaskTracker::new(),
-                rpc: tokio::sync::OnceCell::new(),
                 shutdown_timeout: std::sync::Mutex::new(Duration::from_secs(30)),
             }),
             identity: default_identity().into(),

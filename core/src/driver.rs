@@ -3,9 +3,10 @@
 //! need this module; they hold a [`Bus`](crate::Bus).
 //!
 //! A driver supplies transport primitives only: publish, subscribe, settle a delivery
-//! (ack, requeue, retry, dead-letter), a reply inbox, and close. All policy — how many attempts,
-//! what goes to the dead letters and why, RPC correlation, interceptors, shutdown — lives in the
-//! [`Bus`](crate::Bus), once, for every driver.
+//! (ack, requeue, retry, dead-letter), send an RPC request and a reply, the connection's reply
+//! inbox, and close. All policy — how many attempts, what goes to the dead letters and why, RPC
+//! correlation and timeouts, layers, shutdown — lives in the [`Bus`](crate::Bus), once, for
+//! every driver.
 //!
 //! # Contract
 //! - Every method may be called concurrently from many tasks.
@@ -14,9 +15,30 @@
 //!   cancelled or when the provider is closed.
 //! - A delivery never settled when its consumer or connection goes away is redelivered to
 //!   another consumer of the same queue (at-least-once).
-//! - The per-message operations (`publish`, [`Consumer::next`], [`Settle::settle`]) return a
-//!   [`Completion`]: `ready` when the work is already done (no allocation), `later` otherwise.
-
+//! - The per-message operations (`publish`, `request`, [`Consumer::next`],
+//!   [`Settle::settle`]) return a [`Completion`]: `ready` when the work is already done (no
+//!   allocation), `later` otherwise.
+//!
+//! # RPC
+//! Request and reply are operations of their own; a driver never looks at an envelope's
+//! `reply_to` to decide what a message is or where it goes.
+//! - **One inbox per connection.** A provider is one connection, and a connection has one
+//!   reply inbox, where the replies to all its requests arrive. The bus opens it with
+//!   [`Provider::open_inbox`] before the connection's first request and keeps it in the
+//!   provider's [`ReplySlot`] ([`Provider::reply_slot`]), so every [`Bus`](crate::Bus) over one
+//!   provider — clones, other handles, and separate `Bus::new`s alike — shares it. The bus calls
+//!   `open_inbox` once per connection, and again only after it failed. The inbox's consumer is
+//!   read by the bus alone; its deliveries need no settling.
+//! - **`request` sends a request.** [`Provider::request`] publishes like
+//!   [`publish`](Provider::publish) (same topic space, same options) and sets `reply_to` to
+//!   this connection's inbox address, whatever the envelope had there: the bus does not set it.
+//!   It fails if the inbox is not open. `publish` sends what it is given, `reply_to` included,
+//!   as an ordinary message (a relayed or replayed request, say).
+//! - **`reply` sends a reply** to the address a request carried in `reply_to`, which may be
+//!   the inbox of any connection or process, or a foreign client's address. A reply to an
+//!   inbox that is gone (its caller left) is dropped without an error where the transport can
+//!   tell; an address the broker refuses is an error.
+//! - Correlation ids, timeouts and handing each waiting call its reply are the bus's.
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -101,8 +123,8 @@ impl SubscribeSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PublishOptions {
-    /// Fail with [`ErrorKind::NoResponders`](crate::ErrorKind::NoResponders) when no queue
-    /// takes the message, where the transport can tell.
+    /// Fail with [`ErrorKind::NoResponders`] when no queue takes the message, where the
+    /// transport can tell.
     pub mandatory: bool,
 }
 
@@ -273,9 +295,11 @@ pub trait Consumer: Send + 'static {
     async fn cancel(self: Box<Self>) -> Result<()>;
 }
 
-/// A private address where RPC replies arrive.
+/// A connection's reply inbox, as [`Provider::open_inbox`] opens it: the private address where
+/// the replies to the connection's requests arrive.
 pub struct Inbox {
-    /// The address callers put in `reply_to`; servers pass it to [`Provider::send_to`].
+    /// The address [`Provider::request`] puts in `reply_to`, as far as the connection knows it
+    /// (a broker may rewrite it on the way). The bus shows it to layers; it never sends to it.
     pub address: String,
     /// The replies. They need no settling.
     pub consumer: Box<dyn Consumer>,
@@ -286,6 +310,24 @@ impl fmt::Debug for Inbox {
         f.debug_struct("Inbox")
             .field("address", &self.address)
             .finish_non_exhaustive()
+    }
+}
+
+/// Where the bus keeps a connection's reply inbox and the calls waiting on it.
+///
+/// A driver holds one per connection, made with `ReplySlot::default()`, returns it from
+/// [`Provider::reply_slot`] and never looks inside. The slot is the provider's rather than a
+/// bus's because the inbox belongs to the connection: every bus over one provider finds the
+/// same inbox there, and it goes away with the connection. (A registry in the bus keyed by
+/// provider would need a process-wide map, keys that outlive their providers, and would split
+/// the inbox of a provider wrapped by another one that delegates to it; a slot the provider
+/// holds has none of that.)
+#[derive(Default)]
+pub struct ReplySlot(pub(crate) tokio::sync::OnceCell<crate::reply_inbox::ReplyInbox>);
+
+impl fmt::Debug for ReplySlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ReplySlot").field(&self.0.get()).finish()
     }
 }
 
@@ -410,11 +452,24 @@ pub trait Provider: Send + Sync + fmt::Debug + 'static {
     /// Opens a subscription.
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>>;
 
-    /// Opens this connection's reply inbox. Called once per bus; all concurrent calls share it.
+    /// Publishes an RPC request as [`publish`](Self::publish) does, with `reply_to` set to this
+    /// connection's inbox address (see [RPC](self#rpc)). Fails when the inbox is not open.
+    fn request<'a>(
+        &'a self,
+        envelope: Envelope,
+        options: &'a PublishOptions,
+    ) -> Completion<'a, Result<()>>;
+
+    /// Opens this connection's reply inbox, where the replies to its requests arrive. The bus
+    /// calls it once per connection, before the first request, and again only if it failed
+    /// (see [RPC](self#rpc)).
     async fn open_inbox(&self) -> Result<Inbox>;
 
-    /// Sends directly to an inbox address taken from a request's `reply_to`.
-    async fn send_to(&self, address: &str, envelope: Envelope) -> Result<()>;
+    /// Where the bus keeps this connection's reply inbox: a [`ReplySlot`] the connection holds.
+    fn reply_slot(&self) -> &ReplySlot;
+
+    /// Sends an RPC reply to `address`, the `reply_to` a request carried.
+    async fn reply(&self, address: &str, envelope: Envelope) -> Result<()>;
 
     /// Consumes the dead-letter queue `name` (as a group: each dead letter goes to one reader).
     async fn dead_letters(&self, name: &str) -> Result<Box<dyn Consumer>>;

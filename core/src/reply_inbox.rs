@@ -1,4 +1,7 @@
-//! The caller's side of RPC transport: one reply inbox per connection, shared by every call.
+//! The caller's side of RPC transport: one reply inbox per connection, shared by every call of
+//! every bus over it. It lives in the provider's [`ReplySlot`](crate::driver::ReplySlot), so
+//! two `Bus::new` over one provider find the same inbox (see the driver contract's RPC
+//! section).
 //!
 //! No task reads the inbox. A waiting call takes the inbox and reads replies for every call
 //! until its own arrives, then hands the inbox to the next waiting call. A caller making one
@@ -28,8 +31,18 @@ pub(crate) struct ReplyInbox {
 }
 
 impl ReplyInbox {
+    /// The connection's inbox, opened by the first call over `provider` (again after a
+    /// failure to open it).
+    pub(crate) async fn of(provider: &Arc<dyn Provider>) -> Result<&Self> {
+        provider
+            .reply_slot()
+            .0
+            .get_or_try_init(|| Self::open(provider))
+            .await
+    }
+
     /// Opens the connection's inbox.
-    pub(crate) async fn open(provider: &Arc<dyn Provider>) -> Result<Self> {
+    async fn open(provider: &Arc<dyn Provider>) -> Result<Self> {
         let inbox = provider.open_inbox().await?;
         Ok(Self {
             address: inbox.address,
@@ -38,7 +51,7 @@ impl ReplyInbox {
         })
     }
 
-    /// The address requests carry as `reply_to`.
+    /// The address the connection's requests carry as `reply_to` (the driver sets it).
     pub(crate) fn address(&self) -> &str {
         &self.address
     }

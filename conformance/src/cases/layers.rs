@@ -138,7 +138,7 @@ impl Layer for StopOdd {
         message: Outgoing,
         next: Next<'a, Outgoing>,
     ) -> BoxFuture<'a, Result<()>> {
-        if message.envelope.headers.get("refuse").is_some() {
+        if message.envelope.headers.contains_key("refuse") {
             return Box::pin(async { Err(layer::stop("refused on the way out")) });
         }
         next.run(message)

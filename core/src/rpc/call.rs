@@ -50,21 +50,23 @@ impl<'a, Req: Event, Resp: Event> Call<'a, Req, Resp> {
 
     async fn send(self) -> Result<Resp> {
         let bus = self.bus;
-        let inbox = bus
-            .shared
-            .rpc
-            .get_or_try_init(|| ReplyInbox::open(&bus.shared.provider))
-            .await?;
+        let inbox = ReplyInbox::of(&bus.shared.provider).await?;
         let mut envelope = bus.envelope(self.name, self.request)?;
         let correlation_id = new_id();
         envelope.correlation_id = Some(correlation_id.clone());
-        envelope.reply_to = Some(inbox.address().to_owned());
+        // `reply_to` is the driver's to set (`Provider::request`); layers see the inbox's
+        // address through `Outgoing::reply_to`.
         envelope.ttl = Some(self.timeout);
         let rx = inbox.expect(&correlation_id);
         // The request's confirm and the reply are awaited together: a call costs one round trip
         // to the server, not a confirm round trip first. A reply that comes before the confirm
         // proves the request was delivered, so the confirm no longer matters.
-        let published = bus.send(envelope, Kind::Request, &PublishOptions::MANDATORY, None);
+        let published = bus.send(
+            envelope,
+            Kind::Request,
+            &PublishOptions::MANDATORY,
+            Some(inbox.address().to_owned()),
+        );
         let replied = tokio::time::timeout(self.timeout, inbox.reply(rx));
         tokio::pin!(replied);
         let reply = tokio::select! {

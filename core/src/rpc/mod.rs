@@ -1,9 +1,13 @@
-//! Request/reply over the bus: [`Bus::call`] and [`Bus::serve`].
+//! Request/reply over the bus: [`Bus::call`](crate::Bus::call) and
+//! [`Bus::serve`](crate::Bus::serve).
 //!
-//! A call publishes the request under the service name with a fresh correlation id and the
-//! connection's inbox address as `reply_to`. Servers form a group named after the service, so
-//! each request is handled once. The reply travels straight to the caller's inbox (see
-//! `reply_inbox`), where the call takes it by correlation id.
+//! A call sends the request with [`Provider::request`](crate::driver::Provider::request) under
+//! the service name with a fresh correlation id; the driver gives it the connection's inbox
+//! address as `reply_to`. Servers form a group named after the service, so each request is
+//! handled once, and send the reply with
+//! [`Provider::reply`](crate::driver::Provider::reply) straight to that address. The caller's
+//! connection has one inbox, shared by every bus over it (see `reply_inbox`), where the call
+//! takes its reply by correlation id.
 
 mod call;
 mod serve;

@@ -1,5 +1,5 @@
 //! Subscriptions: the builder, the running [`Subscription`], and the bus method that makes
-//! them. The per-delivery work is the [`worker`]'s; the settings are shared with RPC servers.
+//! them. The per-delivery work is the `worker`'s; the settings are shared with RPC servers.
 
 use std::fmt;
 use std::future::Future;

@@ -125,16 +125,16 @@ impl Shared {
     }
 
     /// Opens the RPC inbox: the receiving end of the feed of reply consumers. One per
-    /// connection: direct reply-to allows one reply consumer per channel, and the request
-    /// channels belong to the connection.
+    /// connection, as the driver contract says: direct reply-to allows one reply consumer per
+    /// channel, and the request channels belong to the connection. The bus opens it once and
+    /// shares it between every bus over the provider.
     pub(crate) fn open_replies(&self) -> Result<mpsc::UnboundedReceiver<lapin::Consumer>> {
         let mut current = self.replies.lock().unwrap_or_else(|p| p.into_inner());
         if current.as_ref().is_some_and(|feed| !feed.is_closed()) {
             return Err(Error::new(
                 ErrorKind::Unsupported,
-                "another Bus already makes calls over this amqp:// connection; RabbitMQ's \
-                 direct reply-to gives a connection one inbox: share one Bus (clone it, or use \
-                 with_identity / with_codec / with_interceptor, which keep its inbox)",
+                "this amqp:// connection's reply inbox is already open; the bus opens it once \
+                 per connection and every Bus over the provider shares it",
             ));
         }
         let (feed, replies) = mpsc::unbounded_channel();

@@ -499,7 +499,14 @@ impl AmqpSettle {
             return self.ack().await;
         }
         envelope.attempt = envelope.attempt.saturating_add(attempt_step);
-        publish(&self.shared, &Target::queue(&self.queue)?, &envelope, false).await?;
+        publish(
+            &self.shared,
+            &Target::queue(&self.queue)?,
+            &envelope,
+            false,
+            None,
+        )
+        .await?;
         self.ack().await
     }
 }
@@ -538,7 +545,14 @@ impl Settle for AmqpSettle {
                     };
                     let letter = self.envelope().into_dead_letter(&reason, &dead.from);
                     crate::provider::ensure_dead_queue(&self.shared, &dead.queue).await?;
-                    publish(&self.shared, &Target::queue(&dead.queue)?, &letter, false).await?;
+                    publish(
+                        &self.shared,
+                        &Target::queue(&dead.queue)?,
+                        &letter,
+                        false,
+                        None,
+                    )
+                    .await?;
                     self.ack().await
                 }
                 other => Err(other.unsupported()),

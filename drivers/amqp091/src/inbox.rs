@@ -1,12 +1,15 @@
 //! The RPC inbox on RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`).
 //!
-//! A call's request carries `reply-to: amq.rabbitmq.reply-to`; RabbitMQ rewrites it into an
-//! address of the channel that published the request, and the server's reply goes from its
-//! channel straight to that one, without a queue in between: no declaration, no enqueue, no
-//! confirm from a queue. RabbitMQ only accepts such a request on a channel that consumes
-//! `amq.rabbitmq.reply-to` itself, so every channel that sends requests (the session's mandatory
-//! channels, see `session`) starts consuming it before its first request and hands that
-//! consumer to the inbox through a [`ReplyFeed`]. The inbox reads all of them.
+//! The connection has one inbox (the driver contract's RPC section), opened by
+//! `Provider::open_inbox` and shared by every bus over the provider. `Provider::request` is
+//! the one path that sends requests: it sets `reply-to: amq.rabbitmq.reply-to`, which RabbitMQ
+//! rewrites into an address of the channel that published the request, and the server's reply
+//! goes from its channel straight to that one, without a queue in between: no declaration, no
+//! enqueue, no confirm from a queue. RabbitMQ only accepts such a request on a channel that
+//! consumes `amq.rabbitmq.reply-to` itself, so every channel that sends requests (the session's
+//! mandatory channels, see `session`) starts consuming it before its first request and hands
+//! that consumer to the inbox through a [`ReplyFeed`]. The inbox reads all of them. Nothing
+//! else looks at a message's `reply-to`: `publish` sends one it is given as it is.
 //!
 //! A reconnect brings new channels and with them new consumers. A reply to a request sent on
 //! a channel that died is lost with it (RabbitMQ drops it), so such a call ends with its

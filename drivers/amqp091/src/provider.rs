@@ -3,8 +3,10 @@
 use std::sync::Arc;
 
 use tidings_core::driver::Status;
-use tidings_core::driver::{Completion, Consumer, Inbox, Provider, PublishOptions, SubscribeSpec};
-use tidings_core::{async_trait, Capabilities, Envelope, ErrorKind, Result};
+use tidings_core::driver::{
+    Completion, Consumer, Inbox, Provider, PublishOptions, ReplySlot, SubscribeSpec,
+};
+use tidings_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Result};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -22,6 +24,8 @@ const DEAD_LETTER_PREFETCH: u16 = 64;
 /// A connection to RabbitMQ over AMQP 0.9.1. Made by [`connect`](crate::connect).
 pub struct AmqpProvider {
     shared: Arc<Shared>,
+    /// Where the bus keeps this connection's reply inbox (see `inbox`).
+    replies: ReplySlot,
 }
 
 impl std::fmt::Debug for AmqpProvider {
@@ -38,6 +42,7 @@ impl AmqpProvider {
     pub(crate) async fn connect(config: Config) -> Result<Self> {
         Ok(Self {
             shared: Shared::connect(config).await?,
+            replies: ReplySlot::default(),
         })
     }
 
@@ -95,7 +100,36 @@ impl Provider for AmqpProvider {
         Completion::later(async move {
             self.check_open()?;
             let target = Target::topic(&self.shared.config.exchange, &envelope.routing_key)?;
-            publish(&self.shared, &target, &envelope, options.mandatory).await
+            publish(&self.shared, &target, &envelope, options.mandatory, None).await
+        })
+    }
+
+    fn request<'a>(
+        &'a self,
+        mut envelope: Envelope,
+        options: &'a PublishOptions,
+    ) -> Completion<'a, Result<()>> {
+        Completion::later(async move {
+            self.check_open()?;
+            // The reply comes back through direct reply-to, to the channel that sends the
+            // request; the inbox reads the reply consumers of all such channels.
+            let replies = self.shared.reply_feed().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Unsupported,
+                    "a request needs this amqp:// connection's reply inbox, which is not open; \
+                     Bus::call opens it",
+                )
+            })?;
+            envelope.reply_to = Some(DIRECT_REPLY_TO.to_owned());
+            let target = Target::topic(&self.shared.config.exchange, &envelope.routing_key)?;
+            publish(
+                &self.shared,
+                &target,
+                &envelope,
+                options.mandatory,
+                Some(&replies),
+            )
+            .await
         })
     }
 
@@ -132,9 +166,20 @@ impl Provider for AmqpProvider {
         })
     }
 
-    async fn send_to(&self, address: &str, envelope: Envelope) -> Result<()> {
+    fn reply_slot(&self) -> &ReplySlot {
+        &self.replies
+    }
+
+    async fn reply(&self, address: &str, envelope: Envelope) -> Result<()> {
         self.check_open()?;
-        publish(&self.shared, &Target::queue(address)?, &envelope, false).await
+        publish(
+            &self.shared,
+            &Target::queue(address)?,
+            &envelope,
+            false,
+            None,
+        )
+        .await
     }
 
     async fn dead_letters(&self, name: &str) -> Result<Box<dyn Consumer>> {

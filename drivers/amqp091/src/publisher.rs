@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use crate::connection::Shared;
 use crate::errors::{is_connection_error, transport};
-use crate::inbox::DIRECT_REPLY_TO;
+use crate::inbox::ReplyFeed;
 use crate::session::Sent;
 use crate::topology::{declare_exchange, short};
 use crate::wire;
@@ -48,29 +48,19 @@ impl Target {
     }
 }
 
-/// Publishes `envelope` to `target` and waits for the broker's confirm.
+/// Publishes `envelope` to `target` and waits for the broker's confirm. `replies`: the message
+/// is an RPC request (`Provider::request`) whose reply comes back through direct reply-to to
+/// the channel that sends it, and this is the inbox's feed of such channels' reply consumers.
 pub(crate) async fn publish(
     shared: &Arc<Shared>,
     target: &Target,
     envelope: &Envelope,
     mandatory: bool,
+    replies: Option<&ReplyFeed>,
 ) -> Result<()> {
     if shared.closing.is_cancelled() {
         return Err(crate::connection::closed());
     }
-    // An RPC request: its reply comes back through direct reply-to, to the channel that sent it.
-    let replies = match envelope.reply_to.as_deref() {
-        Some(DIRECT_REPLY_TO) => Some(shared.reply_feed().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Publish,
-                format!(
-                    "reply_to {DIRECT_REPLY_TO:?} is this driver's RPC inbox, which is not open on \
-                     this connection; use Bus::call, which opens it"
-                ),
-            )
-        })?),
-        _ => None,
-    };
     let mut properties = Some(wire::encode(envelope, target.direct)?);
     let _counted = shared.in_flight();
     let deadline = Instant::now() + shared.config.publish_timeout;
@@ -84,7 +74,7 @@ pub(crate) async fn publish(
                 &target.exchange,
                 &target.routing_key,
                 mandatory,
-                replies.as_ref(),
+                replies,
                 &envelope.body,
                 // Encoded again only when a publish must be sent a second time.
                 match properties.take() {

@@ -349,10 +349,10 @@ async fn calls_work_again_after_the_broker_closes_the_connections() {
     server.shutdown().await.ok();
 }
 
-/// RabbitMQ's direct reply-to gives a connection one inbox; a second bus over the same
-/// provider is told so when it calls, instead of losing its replies.
+/// RabbitMQ's direct reply-to gives a connection one inbox, and the connection owns it: a
+/// second bus over the same provider calls through it too, and the driver opens it only once.
 #[tokio::test]
-async fn a_second_bus_on_one_connection_cannot_call() {
+async fn a_second_bus_on_one_connection_calls_through_its_inbox() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let exchange = exchange("oneinbox");
     let _cleanup = Cleanup(exchange.clone());
@@ -360,7 +360,7 @@ async fn a_second_bus_on_one_connection_cannot_call() {
         .await
         .expect("broker reachable");
     let first = Bus::new(provider.clone());
-    let second = Bus::new(provider);
+    let second = Bus::new(provider.clone());
     let _serving = first
         .serve("math.double", |n: u64| async move { Ok(n * 2) })
         .await
@@ -370,15 +370,20 @@ async fn a_second_bus_on_one_connection_cannot_call() {
         .await
         .expect("first bus calls");
     assert_eq!(got, 2);
-    let refused = second.call::<u64, u64>("math.double", &1u64).await;
-    let error = refused.expect_err("a second inbox on one connection");
+    let got: u64 = second
+        .call("math.double", &3u64)
+        .await
+        .expect("a second bus over the same connection calls");
+    assert_eq!(got, 6);
+    let again = provider.open_inbox().await;
+    let error = again.expect_err("a second inbox on one connection");
     assert_eq!(error.kind(), tidings_core::ErrorKind::Unsupported);
-    assert!(error.to_string().contains("share one Bus"), "{error}");
-    let shared = first.with_codec(tidings_core::Codec::Json);
-    let got: u64 = shared
+    assert!(error.to_string().contains("already open"), "{error}");
+    let got: u64 = second
+        .with_codec(tidings_core::Codec::Json)
         .call("math.double", &2u64)
         .await
-        .expect("a handle of the first bus calls");
+        .expect("a handle of the second bus calls");
     assert_eq!(got, 4);
     first.shutdown().await.ok();
 }

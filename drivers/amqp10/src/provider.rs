@@ -1,10 +1,12 @@
 //! [`Amqp10Provider`]: the tidings `Provider` on one AMQP 1.0 connection.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use tidings_core::driver::{Completion, Consumer, Inbox, Provider, PublishOptions, SubscribeSpec};
+use tidings_core::driver::{
+    Completion, Consumer, Inbox, Provider, PublishOptions, ReplySlot, SubscribeSpec,
+};
 use tidings_core::{Capabilities, Envelope, Error, ErrorKind, Result, Status};
 use tokio::sync::watch;
 
@@ -27,6 +29,11 @@ pub struct Amqp10Provider {
     /// The link every publish goes through (to the topic space), kept here rather than looked
     /// up per message.
     topic: Arc<SenderLink>,
+    /// The address of this connection's reply inbox once open: what its requests carry as
+    /// `reply-to`.
+    inbox: OnceLock<String>,
+    /// Where the bus keeps the inbox.
+    replies: ReplySlot,
 }
 
 impl fmt::Debug for Amqp10Provider {
@@ -54,6 +61,8 @@ impl Amqp10Provider {
             shared,
             pool,
             topic,
+            inbox: OnceLock::new(),
+            replies: ReplySlot::default(),
         })
     }
 
@@ -72,6 +81,34 @@ impl Amqp10Provider {
         Ok(Box::new(
             AmqpConsumer::start(self.shared.clone(), self.pool.clone(), spec).await?,
         ))
+    }
+
+    /// Publishes to the topic space; a mandatory publish first asks whether anything is bound.
+    fn send_topic<'a>(
+        &'a self,
+        envelope: Envelope,
+        options: &'a PublishOptions,
+    ) -> Completion<'a, Result<()>> {
+        if let Err(e) = self.check_open() {
+            return Completion::ready(Err(e));
+        }
+        if !options.mandatory {
+            // The send itself is the boxed future: no wrapper around it, which would be
+            // allocated and moved per message too.
+            return Completion::later(self.topic.send(wire::encode(envelope, true)));
+        }
+        Completion::later(async move {
+            if self.shared.dialect.is_routed(&envelope.routing_key).await? == Some(false) {
+                return Err(Error::new(
+                    ErrorKind::NoResponders,
+                    format!(
+                        "no subscription is bound to routing key {:?}",
+                        envelope.routing_key
+                    ),
+                ));
+            }
+            self.topic.send(wire::encode(envelope, true)).await
+        })
     }
 
     fn dead_letter_spec(&self, name: &str) -> QueueSpec {
@@ -100,26 +137,23 @@ impl Provider for Amqp10Provider {
         envelope: Envelope,
         options: &'a PublishOptions,
     ) -> Completion<'a, Result<()>> {
-        if let Err(e) = self.check_open() {
-            return Completion::ready(Err(e));
-        }
-        if !options.mandatory {
-            // The send itself is the boxed future: no wrapper around it, which would be
-            // allocated and moved per message too.
-            return Completion::later(self.topic.send(wire::encode(envelope, true)));
-        }
-        Completion::later(async move {
-            if self.shared.dialect.is_routed(&envelope.routing_key).await? == Some(false) {
-                return Err(Error::new(
-                    ErrorKind::NoResponders,
-                    format!(
-                        "no subscription is bound to routing key {:?}",
-                        envelope.routing_key
-                    ),
-                ));
-            }
-            self.topic.send(wire::encode(envelope, true)).await
-        })
+        self.send_topic(envelope, options)
+    }
+
+    fn request<'a>(
+        &'a self,
+        mut envelope: Envelope,
+        options: &'a PublishOptions,
+    ) -> Completion<'a, Result<()>> {
+        let Some(inbox) = self.inbox.get() else {
+            return Completion::ready(Err(Error::new(
+                ErrorKind::Unsupported,
+                "a request needs this amqp10:// connection's reply inbox, which is not open; \
+                 Bus::call opens it",
+            )));
+        };
+        envelope.reply_to = Some(inbox.clone());
+        self.send_topic(envelope, options)
     }
 
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {
@@ -174,10 +208,22 @@ impl Provider for Amqp10Provider {
             count_redelivery: false,
         };
         let consumer = self.consume(receiver).await?;
+        if self.inbox.set(address.clone()).is_err() {
+            let _ = consumer.cancel().await;
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "this amqp10:// connection's reply inbox is already open; the bus opens it \
+                 once per connection",
+            ));
+        }
         Ok(Inbox { address, consumer })
     }
 
-    async fn send_to(&self, address: &str, envelope: Envelope) -> Result<()> {
+    fn reply_slot(&self) -> &ReplySlot {
+        &self.replies
+    }
+
+    async fn reply(&self, address: &str, envelope: Envelope) -> Result<()> {
         self.check_open()?;
         match self.pool.send(address, wire::encode(envelope, false)).await {
             Err(e) if e.kind() == ErrorKind::Publish && e.message().contains("cannot send to") => {

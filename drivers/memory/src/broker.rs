@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use arc_swap::ArcSwap;
 use tidings_core::driver::Status;
 use tidings_core::driver::{
-    Completion, Consumer, Delivery, Inbox, Provider, PublishOptions, SubscribeSpec,
+    Completion, Consumer, Delivery, Inbox, Provider, PublishOptions, ReplySlot, SubscribeSpec,
 };
 use tidings_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Pattern, Result};
 use tokio::sync::{mpsc, watch};
@@ -133,6 +133,11 @@ pub struct MemoryProvider {
     /// Consumers opened by this connection, detached when it closes or aborts.
     consumers: Mutex<Vec<(Weak<Queue>, u64)>>,
     status: watch::Sender<Status>,
+    /// The name of this connection's inbox queue, once open: what its requests carry as
+    /// `reply_to`.
+    inbox: OnceLock<String>,
+    /// Where the bus keeps the inbox.
+    replies: ReplySlot,
 }
 
 impl fmt::Debug for MemoryProvider {
@@ -153,6 +158,8 @@ impl MemoryProvider {
             closed: AtomicBool::new(false),
             consumers: Mutex::new(Vec::new()),
             status: watch::Sender::new(Status::Connected),
+            inbox: OnceLock::new(),
+            replies: ReplySlot::default(),
         }
     }
 
@@ -256,10 +263,30 @@ impl Provider for MemoryProvider {
         ))
     }
 
+    fn request<'a>(
+        &'a self,
+        mut envelope: Envelope,
+        options: &'a PublishOptions,
+    ) -> Completion<'a, Result<()>> {
+        let Some(inbox) = self.inbox.get() else {
+            return Completion::ready(Err(inbox_not_open()));
+        };
+        envelope.reply_to = Some(inbox.clone());
+        Completion::ready(self.route(envelope, options))
+    }
+
     async fn open_inbox(&self) -> Result<Inbox> {
         self.check_open()?;
         let address = format!("inbox.{}.{}", self.id, next_id());
         let queue = self.broker.declare(&address, false);
+        if self.inbox.set(address.clone()).is_err() {
+            self.broker.delete(&queue);
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "this memory:// connection's reply inbox is already open; the bus opens it once \
+                 per connection",
+            ));
+        }
         let consumer = self.consume(
             queue,
             usize::MAX,
@@ -271,7 +298,11 @@ impl Provider for MemoryProvider {
         Ok(Inbox { address, consumer })
     }
 
-    async fn send_to(&self, address: &str, envelope: Envelope) -> Result<()> {
+    fn reply_slot(&self) -> &ReplySlot {
+        &self.replies
+    }
+
+    async fn reply(&self, address: &str, envelope: Envelope) -> Result<()> {
         self.check_open()?;
         let queue = self.broker.queues().get(address).cloned();
         match queue {
@@ -306,6 +337,14 @@ impl Provider for MemoryProvider {
     async fn abort(&self) {
         self.detach_all(true);
     }
+}
+
+fn inbox_not_open() -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "a request needs this memory:// connection's reply inbox, which is not open; \
+         Bus::call opens it",
+    )
 }
 
 struct MemoryConsumer {

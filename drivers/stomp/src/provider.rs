@@ -3,12 +3,14 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_stomp::AckMode;
 use tidings_core::driver::Status;
-use tidings_core::driver::{Completion, Consumer, Inbox, Provider, PublishOptions, SubscribeSpec};
+use tidings_core::driver::{
+    Completion, Consumer, Inbox, Provider, PublishOptions, ReplySlot, SubscribeSpec,
+};
 use tidings_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Pattern, Result};
 use tokio::sync::{mpsc, watch, OnceCell};
 
@@ -35,6 +37,11 @@ pub struct StompProvider {
     foreign: OnceCell<Outbox>,
     /// Those replies go one at a time.
     foreign_turn: tokio::sync::Mutex<()>,
+    /// The destination of this connection's reply inbox once open: what its requests carry as
+    /// `reply-to`.
+    inbox: OnceLock<String>,
+    /// Where the bus keeps the inbox.
+    replies: ReplySlot,
 }
 
 impl fmt::Debug for StompProvider {
@@ -59,6 +66,8 @@ impl StompProvider {
             closed: AtomicBool::new(false),
             foreign: OnceCell::new(),
             foreign_turn: tokio::sync::Mutex::new(()),
+            inbox: OnceLock::new(),
+            replies: ReplySlot::default(),
         }
     }
 
@@ -214,6 +223,22 @@ impl Provider for StompProvider {
         })
     }
 
+    fn request<'a>(
+        &'a self,
+        mut envelope: Envelope,
+        options: &'a PublishOptions,
+    ) -> Completion<'a, Result<()>> {
+        let Some(inbox) = self.inbox.get() else {
+            return Completion::ready(Err(Error::new(
+                ErrorKind::Unsupported,
+                "a request needs this stomp:// connection's reply inbox, which is not open; \
+                 Bus::call opens it",
+            )));
+        };
+        envelope.reply_to = Some(inbox.clone());
+        self.publish(envelope, options)
+    }
+
     async fn subscribe(&self, spec: SubscribeSpec) -> Result<Box<dyn Consumer>> {
         let ns = &self.outbox.namespace;
         let plan = self
@@ -244,10 +269,22 @@ impl Provider for StompProvider {
         let consumer = self
             .consume(plan, None, None, false, dead_letters, address.clone())
             .await?;
+        if self.inbox.set(address.clone()).is_err() {
+            let _ = consumer.cancel().await;
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "this stomp:// connection's reply inbox is already open; the bus opens it once \
+                 per connection",
+            ));
+        }
         Ok(Inbox { address, consumer })
     }
 
-    async fn send_to(&self, address: &str, envelope: Envelope) -> Result<()> {
+    fn reply_slot(&self) -> &ReplySlot {
+        &self.replies
+    }
+
+    async fn reply(&self, address: &str, envelope: Envelope) -> Result<()> {
         self.check_open()?;
         // Replies are short-lived: no need to write them to disk.
         if self
