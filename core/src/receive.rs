@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use crate::layer::{Handled, Incoming, Inner, Layer, Next};
 
-/// Runs `layers` around `steps` for `incoming`, and says what became of it.
-///
-/// Without layers the steps run directly: no allocation is added.
+/// Runs `layers` around `steps` for `incoming`, and says what became of it. (A path with no
+/// layers to run may call its steps directly and never build an [`Incoming`].)
 pub(crate) async fn receive<F, Fut>(
     layers: &[Arc<dyn Layer>],
     incoming: Incoming,
@@ -19,9 +18,6 @@ where
     F: Fn(Incoming) -> Fut + Send + Sync,
     Fut: Future<Output = Handled> + Send,
 {
-    if layers.is_empty() {
-        return steps(incoming).await;
-    }
     let inner = |message: Incoming| Box::pin(steps(message)) as _;
     let inner: &Inner<'_, Incoming> = &inner;
     Next::chain(layers, inner).run(incoming).await

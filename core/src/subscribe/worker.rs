@@ -159,19 +159,24 @@ impl<H: Handler> Worker<H> {
     /// and settles it as the path decided.
     async fn process(&self, delivery: Delivery) {
         let (envelope, settle) = delivery.into_parts();
-        let incoming = Incoming::new(
-            envelope,
-            self.kind,
-            self.bus.shared.provider.system(),
-            self.subscription.clone(),
-            self.group.clone(),
-        );
-        // The handler's run time is measured only for layers to see.
-        let timed = !self.bus.layers.is_empty();
-        let handled = receive(&self.bus.layers, incoming, |message| {
-            self.steps(message.envelope, timed)
-        })
-        .await;
+        let layers = &self.bus.layers;
+        let handled = if layers.is_empty() {
+            // No layer to tell: the steps alone, without building what layers see.
+            self.steps(envelope, false).await
+        } else {
+            let incoming = Incoming::new(
+                envelope,
+                self.kind,
+                self.bus.shared.provider.system(),
+                self.subscription.clone(),
+                self.group.clone(),
+            );
+            // The handler's run time is measured only for layers to see.
+            receive(layers, incoming, |message| {
+                self.steps(message.envelope, true)
+            })
+            .await
+        };
         if handled.outcome == Outcome::Retry && !self.settings.retry_delay.is_zero() {
             tokio::time::sleep(self.settings.retry_delay).await;
         }
@@ -211,6 +216,7 @@ impl<H: Handler> Worker<H> {
     }
 
     /// The retry / dead-letter policy: how a handler's result settles the delivery.
+    #[inline]
     fn policy(&self, attempt: u32, result: Result<Done, Failure>) -> Handled {
         let max_attempts = self.settings.max_attempts;
         let (outcome, error, replied) = match result {
