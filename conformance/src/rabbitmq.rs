@@ -149,6 +149,17 @@ impl Management {
         Ok(Self::new(Endpoint::parse(broker_url, env.as_deref())?))
     }
 
+    /// Deletes what a test on `broker_url` left: the URL's exchange (`?exchange=`, default
+    /// `tidings`) and every queue of it, as [`delete_namespace`](Self::delete_namespace).
+    /// Blocking; call it through `tokio::task::spawn_blocking` from async code.
+    pub fn delete_namespace_of(broker_url: &str) -> Result<(), String> {
+        let exchange = BrokerUrl::parse(broker_url, "RabbitMQ management", SCHEMES)
+            .map_err(|e| e.message().to_owned())?
+            .exchange()
+            .to_owned();
+        Self::for_broker(broker_url)?.delete_namespace(&exchange)
+    }
+
     fn new(endpoint: Endpoint) -> Self {
         let credentials = format!("{}:{}", endpoint.user, endpoint.password);
         let config = ureq::Agent::config_builder()

@@ -52,6 +52,5 @@ pub use provider::AmqpProvider;
 /// # let _ = bus; Ok(()) }
 /// ```
 pub async fn connect(url: &str) -> Result<Arc<dyn Provider>> {
-    let config = config::Config::parse(url)?;
-    Ok(Arc::new(AmqpProvider::connect(config).await?))
+    Ok(Arc::new(AmqpProvider::connect(url).await?))
 }

@@ -38,8 +38,20 @@ impl std::fmt::Debug for AmqpProvider {
 }
 
 impl AmqpProvider {
-    /// Connects; fails at once when the broker cannot be reached.
-    pub(crate) async fn connect(config: Config) -> Result<Self> {
+    /// Connects to `url` (`amqp://user:pass@host:5672/vhost?exchange=…`, see the crate docs);
+    /// fails at once when the broker cannot be reached.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> tidings_core::Result<()> {
+    /// let provider = tidings_amqp091::AmqpProvider::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+    /// # let _ = provider; Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::open(Config::parse(url)?).await
+    }
+
+    async fn open(config: Config) -> Result<Self> {
         Ok(Self {
             shared: Shared::connect(config).await?,
             replies: ReplySlot::default(),

@@ -140,7 +140,9 @@ async fn tidings_side(exchange: &str) -> Result {
     latencies.sort();
     let _ = publisher.shutdown().await;
     let _ = consumer.shutdown().await;
-    let _ = tidings_amqp10::delete_topology(&url).await;
+    let cleanup_url = url.clone();
+    let _ =
+        tokio::task::spawn_blocking(move || Management::delete_namespace_of(&cleanup_url)).await;
     Result {
         throughput,
         cpu_per_message,

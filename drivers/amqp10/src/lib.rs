@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use tidings_core::driver::Provider;
-use tidings_core::{Capabilities, Result};
+use tidings_core::Result;
 
 mod config;
 mod connection;
@@ -34,18 +34,14 @@ mod wire;
 
 pub use provider::Amqp10Provider;
 
-/// Connects to the broker at `url`.
+/// Connects to the broker at `url`; see [`Amqp10Provider::connect`].
+///
+/// # Examples
+/// ```no_run
+/// # #[tokio::main] async fn main() -> tidings_core::Result<()> {
+/// let bus = tidings_core::Bus::new(tidings_amqp10::connect("amqp10://guest:guest@127.0.0.1:5672").await?);
+/// # let _ = bus; Ok(()) }
+/// ```
 pub async fn connect(url: &str) -> Result<Arc<dyn Provider>> {
     Ok(Arc::new(Amqp10Provider::connect(url).await?))
-}
-
-/// What this driver supports (the same for every connection).
-pub fn capabilities() -> Capabilities {
-    provider::capabilities()
-}
-
-/// Deletes the topic space (exchange) named by `url` and every queue the driver declared in
-/// it. Meant for tests and tear-downs; never needed in normal operation.
-pub async fn delete_topology(url: &str) -> Result<()> {
-    provider::delete_topology(url).await
 }

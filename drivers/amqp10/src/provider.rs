@@ -46,7 +46,14 @@ impl fmt::Debug for Amqp10Provider {
 }
 
 impl Amqp10Provider {
-    /// Connects to `url` (see the crate docs for its form).
+    /// Connects to `url` (`amqp10://user:pass@host:5672`, see the crate docs for its form).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> tidings_core::Result<()> {
+    /// let provider = tidings_amqp10::Amqp10Provider::connect("amqp10://guest:guest@127.0.0.1:5672").await?;
+    /// # let _ = provider; Ok(()) }
+    /// ```
     pub async fn connect(url: &str) -> Result<Self> {
         let config = Config::parse(url)?;
         let dialect = dialect::for_config(&config)?;
@@ -129,7 +136,7 @@ impl Provider for Amqp10Provider {
     }
 
     fn capabilities(&self) -> Capabilities {
-        capabilities()
+        Capabilities::default()
     }
 
     fn publish<'a>(
@@ -269,18 +276,4 @@ impl Provider for Amqp10Provider {
     async fn abort(&self) {
         self.shared.abort();
     }
-}
-
-/// What this driver offers on RabbitMQ.
-pub(crate) fn capabilities() -> Capabilities {
-    Capabilities::default()
-}
-
-/// Deletes the topic space and every queue of the URL's exchange (`exchange.*`): what a test
-/// namespace or a tear-down leaves behind.
-pub(crate) async fn delete_topology(url: &str) -> Result<()> {
-    let config = Config::parse(url)?;
-    dialect::rabbitmq::RabbitMq::new(&config)?
-        .delete_everything()
-        .await
 }

@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+use tidings_conformance::rabbitmq::Management;
 use tidings_conformance::{BoxFuture, Harness};
 use tidings_core::{Bus, Capabilities, Result};
 
@@ -27,7 +28,7 @@ impl Harness for RabbitMqAmqp10 {
     }
 
     fn capabilities(&self) -> Capabilities {
-        tidings_amqp10::capabilities()
+        Capabilities::default()
     }
 
     fn connect<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<Bus>> {
@@ -40,8 +41,11 @@ impl Harness for RabbitMqAmqp10 {
 
     fn cleanup<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            if let Err(e) = tidings_amqp10::delete_topology(&self.url(namespace)).await {
-                eprintln!("cleanup of {namespace} failed: {e}");
+            let url = self.url(namespace);
+            match tokio::task::spawn_blocking(move || Management::delete_namespace_of(&url)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("cleanup of {namespace} failed: {e}"),
+                Err(e) => eprintln!("cleanup of {namespace} did not finish: {e}"),
             }
         })
     }

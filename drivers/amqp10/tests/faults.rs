@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tidings_conformance::rabbitmq::Management;
 use tidings_core::{Bus, Status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -143,7 +144,7 @@ async fn cut_connection_while_ten_thousand_messages_flow_to_a_group() {
     let (base, proxy) = start_proxy().await;
     let url = proxied_url(&base, &proxy);
     let result = run(&proxy, &url, N).await;
-    let _ = tidings_amqp10::delete_topology(&url).await;
+    cleanup(&url).await;
     let report = result.expect("fault test");
     println!("{report}");
 }
@@ -242,7 +243,7 @@ async fn publishes_fail_after_publish_timeout_when_unconfirmed_or_disconnected()
     let (base, proxy) = start_proxy().await;
     let url = format!("{}&publish_timeout_ms=600", proxied_url(&base, &proxy));
     let result = publish_timeout_case(&proxy, &url).await;
-    let _ = tidings_amqp10::delete_topology(&url).await;
+    cleanup(&url).await;
     let report = result.expect("publish timeout test");
     println!("{report}");
 }
@@ -324,7 +325,7 @@ async fn abort_drops_the_connection_like_a_crash() {
     let (base, proxy) = start_proxy().await;
     let url = proxied_url(&base, &proxy);
     let result = abort_case(&proxy, &url).await;
-    let _ = tidings_amqp10::delete_topology(&url).await;
+    cleanup(&url).await;
     let report = result.expect("abort test");
     println!("{report}");
 }
@@ -423,4 +424,14 @@ async fn abort_case(proxy: &Proxy, url: &str) -> Result<String, String> {
         "abort returned in {took:?}, sent no close/end/detach/disposition ({} bytes after it), and all {N} held messages were redelivered",
         after.len()
     ))
+}
+
+/// Deletes the test's exchange and queues (through the management API).
+async fn cleanup(url: &str) {
+    let url = url.to_owned();
+    if let Ok(Err(e)) =
+        tokio::task::spawn_blocking(move || Management::delete_namespace_of(&url)).await
+    {
+        eprintln!("cleanup: {e}");
+    }
 }

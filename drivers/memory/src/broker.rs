@@ -151,7 +151,7 @@ impl fmt::Debug for MemoryProvider {
 
 impl MemoryProvider {
     /// A new connection to the broker `name`, created on first use.
-    pub fn connect(name: &str) -> Self {
+    pub fn named(name: &str) -> Self {
         Self {
             broker: Broker::named(name),
             id: next_id(),

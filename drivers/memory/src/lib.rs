@@ -20,7 +20,7 @@ use tidings_core::{Error, ErrorKind, Result};
 pub use broker::MemoryProvider;
 
 /// Connects to the in-process broker named by the URL's host (`memory://` alone is the broker
-/// named `default`). The broker is created on first use and lives as long as the process.
+/// named `default`); see [`MemoryProvider::connect`].
 ///
 /// # Examples
 /// ```
@@ -30,45 +30,59 @@ pub use broker::MemoryProvider;
 /// # let _ = bus; Ok(()) }
 /// ```
 pub async fn connect(url: &str) -> Result<Arc<dyn Provider>> {
-    let parsed = url::Url::parse(url)
-        .map_err(|e| Error::new(ErrorKind::InvalidUrl, format!("cannot parse {url:?}: {e}")))?;
-    if parsed.scheme() != "memory" {
-        return Err(Error::new(
-            ErrorKind::InvalidUrl,
-            format!(
-                "the memory driver takes memory:// urls, not {}://",
-                parsed.scheme()
-            ),
-        ));
-    }
-    let name = match parsed.host_str() {
-        None | Some("") => "default",
-        Some(name) => name,
-    };
-    // The options every driver shares; anything else is refused by name, as the network
-    // drivers do, so a misspelt option is never ignored.
-    let mut exchange = None;
-    for (key, value) in parsed.query_pairs() {
-        match key.as_ref() {
-            "exchange" => exchange = Some(value.into_owned()),
-            "publish_timeout_ms" => {}
-            _ => {
-                return Err(Error::new(
-                    ErrorKind::InvalidUrl,
-                    format!(
-                        "unknown url option {key} in {url:?}; the memory driver knows exchange, \
-                         publish_timeout_ms"
-                    ),
-                ))
+    Ok(Arc::new(MemoryProvider::connect(url).await?))
+}
+
+impl MemoryProvider {
+    /// Connects to the in-process broker named by the URL's host (`memory://` alone is the
+    /// broker named `default`); `?exchange=` keeps topic spaces apart on one broker, as on a
+    /// real one. The broker is created on first use and lives as long as the process.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() -> tidings_core::Result<()> {
+    /// let provider = tidings_memory::MemoryProvider::connect("memory://tests").await?;
+    /// # let _ = provider; Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| Error::new(ErrorKind::InvalidUrl, format!("cannot parse {url:?}: {e}")))?;
+        if parsed.scheme() != "memory" {
+            return Err(Error::new(
+                ErrorKind::InvalidUrl,
+                format!(
+                    "the memory driver takes memory:// urls, not {}://",
+                    parsed.scheme()
+                ),
+            ));
+        }
+        let name = match parsed.host_str() {
+            None | Some("") => "default",
+            Some(name) => name,
+        };
+        // The options every driver shares; anything else is refused by name, as the network
+        // drivers do, so a misspelt option is never ignored.
+        let mut exchange = None;
+        for (key, value) in parsed.query_pairs() {
+            match key.as_ref() {
+                "exchange" => exchange = Some(value.into_owned()),
+                "publish_timeout_ms" => {}
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidUrl,
+                        format!(
+                            "unknown url option {key} in {url:?}; the memory driver knows \
+                             exchange, publish_timeout_ms"
+                        ),
+                    ))
+                }
             }
         }
+        Ok(match exchange {
+            Some(exchange) => Self::named(&format!("{name}?exchange={exchange}")),
+            None => Self::named(name),
+        })
     }
-    // `?exchange=` keeps topic spaces apart on one embedded broker, as on a real one.
-    let name = match exchange {
-        Some(exchange) => format!("{name}?exchange={exchange}"),
-        None => name.to_owned(),
-    };
-    Ok(Arc::new(MemoryProvider::connect(&name)))
 }
 
 #[cfg(test)]

@@ -53,11 +53,25 @@ use crate::wire::KeyedTopics;
 /// # let _ = bus; Ok(()) }
 /// ```
 pub async fn connect(url: &str) -> Result<Arc<dyn Provider>> {
-    Ok(Arc::new(connect_stomp(url).await?))
+    Ok(Arc::new(StompProvider::connect(url).await?))
 }
 
-/// Like [`connect`], returning the concrete provider.
-pub async fn connect_stomp(url: &str) -> Result<StompProvider> {
+impl StompProvider {
+    /// Connects to the STOMP broker at `url`; see [`connect`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> tidings_core::Result<()> {
+    /// let provider = tidings_stomp::StompProvider::connect("stomp://guest:guest@127.0.0.1:61613/").await?;
+    /// # let _ = provider; Ok(()) }
+    /// ```
+    pub async fn connect(url: &str) -> Result<Self> {
+        open(url).await
+    }
+}
+
+/// Opens the connection, learns the broker's dialect, and starts the link.
+async fn open(url: &str) -> Result<StompProvider> {
     let config = Config::parse(url)?;
     let (server, pending) = link::open(&config).await?;
     let server = server.unwrap_or_default();

@@ -56,50 +56,6 @@ impl RabbitMq {
             routed: Mutex::new(HashMap::new()),
         })
     }
-
-    /// Deletes the exchange and every queue whose name starts with `exchange.`: what a test
-    /// namespace leaves behind.
-    pub(crate) async fn delete_everything(&self) -> Result<()> {
-        let vhost = segment(&self.vhost);
-        let text = self
-            .api
-            .expect_ok(
-                ErrorKind::Connection,
-                "listing queues",
-                "GET",
-                format!("/api/queues/{vhost}?columns=name"),
-                None,
-            )
-            .await?;
-        let prefix = format!("{}.", self.exchange);
-        if let Ok(serde_json::Value::Array(queues)) =
-            serde_json::from_str::<serde_json::Value>(&text)
-        {
-            for q in queues {
-                if let Some(name) = q.get("name").and_then(|n| n.as_str()) {
-                    if name.starts_with(&prefix) {
-                        let _ = self
-                            .api
-                            .call(
-                                "DELETE",
-                                format!("/api/queues/{vhost}/{}", segment(name)),
-                                None,
-                            )
-                            .await;
-                    }
-                }
-            }
-        }
-        let _ = self
-            .api
-            .call(
-                "DELETE",
-                format!("/api/exchanges/{vhost}/{}", segment(&self.exchange)),
-                None,
-            )
-            .await;
-        Ok(())
-    }
 }
 
 #[async_trait]
