@@ -331,6 +331,57 @@ impl fmt::Debug for ReplySlot {
     }
 }
 
+/// The address of a connection's reply inbox, once [`Provider::open_inbox`] opened it: what
+/// [`Provider::request`] stamps on every request as `reply_to`. Drivers that name the inbox
+/// themselves keep one of these instead of writing the bookkeeping again.
+///
+/// # Examples
+/// ```
+/// use tidings_core::driver::InboxAddress;
+/// use tidings_core::Envelope;
+///
+/// let inbox = InboxAddress::default();
+/// let mut request = Envelope::new("math.add", "application/json", Default::default());
+/// assert!(inbox.stamp(&mut request, "memory").is_err()); // not open yet
+/// inbox.set("inbox.1".into(), "memory").unwrap();
+/// inbox.stamp(&mut request, "memory").unwrap();
+/// assert_eq!(request.reply_to.as_deref(), Some("inbox.1"));
+/// assert!(inbox.set("inbox.2".into(), "memory").is_err()); // one per connection
+/// ```
+#[derive(Debug, Default)]
+pub struct InboxAddress(std::sync::OnceLock<String>);
+
+impl InboxAddress {
+    /// Records the inbox's address; fails if this connection's inbox is already open (the
+    /// bus opens it once per connection). `scheme` names the driver in the error.
+    pub fn set(&self, address: String, scheme: &str) -> Result<()> {
+        self.0.set(address).map_err(|_| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "this {scheme}:// connection's reply inbox is already open; the bus opens it \
+                     once per connection"
+                ),
+            )
+        })
+    }
+
+    /// Sets `envelope.reply_to` to the inbox's address; fails if the inbox is not open yet.
+    pub fn stamp(&self, envelope: &mut Envelope, scheme: &str) -> Result<()> {
+        let address = self.0.get().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "a request needs this {scheme}:// connection's reply inbox, which is not \
+                     open; Bus::call opens it"
+                ),
+            )
+        })?;
+        envelope.reply_to = Some(address.clone());
+        Ok(())
+    }
+}
+
 /// What a driver and its broker can do. The conformance suite reports a case whose capability
 /// is missing as unsupported, with the reason, instead of passing it.
 ///

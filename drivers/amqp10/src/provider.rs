@@ -1,11 +1,11 @@
 //! [`Amqp10Provider`]: the tidings `Provider` on one AMQP 1.0 connection.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tidings_core::driver::{
-    Completion, Consumer, Inbox, Provider, PublishOptions, ReplySlot, SubscribeSpec,
+    Completion, Consumer, Inbox, InboxAddress, Provider, PublishOptions, ReplySlot, SubscribeSpec,
 };
 use tidings_core::{Capabilities, Envelope, Error, ErrorKind, Result, Status};
 use tokio::sync::watch;
@@ -31,7 +31,7 @@ pub struct Amqp10Provider {
     topic: Arc<SenderLink>,
     /// The address of this connection's reply inbox once open: what its requests carry as
     /// `reply-to`.
-    inbox: OnceLock<String>,
+    inbox: InboxAddress,
     /// Where the bus keeps the inbox.
     replies: ReplySlot,
 }
@@ -68,7 +68,7 @@ impl Amqp10Provider {
             shared,
             pool,
             topic,
-            inbox: OnceLock::new(),
+            inbox: InboxAddress::default(),
             replies: ReplySlot::default(),
         })
     }
@@ -152,14 +152,9 @@ impl Provider for Amqp10Provider {
         mut envelope: Envelope,
         options: &'a PublishOptions,
     ) -> Completion<'a, Result<()>> {
-        let Some(inbox) = self.inbox.get() else {
-            return Completion::ready(Err(Error::new(
-                ErrorKind::Unsupported,
-                "a request needs this amqp10:// connection's reply inbox, which is not open; \
-                 Bus::call opens it",
-            )));
-        };
-        envelope.reply_to = Some(inbox.clone());
+        if let Err(e) = self.inbox.stamp(&mut envelope, "amqp10") {
+            return Completion::ready(Err(e));
+        }
         self.send_topic(envelope, options)
     }
 
@@ -215,13 +210,9 @@ impl Provider for Amqp10Provider {
             count_redelivery: false,
         };
         let consumer = self.consume(receiver).await?;
-        if self.inbox.set(address.clone()).is_err() {
+        if let Err(e) = self.inbox.set(address.clone(), "amqp10") {
             let _ = consumer.cancel().await;
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "this amqp10:// connection's reply inbox is already open; the bus opens it \
-                 once per connection",
-            ));
+            return Err(e);
         }
         Ok(Inbox { address, consumer })
     }

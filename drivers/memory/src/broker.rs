@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use arc_swap::ArcSwap;
 use tidings_core::driver::Status;
 use tidings_core::driver::{
-    Completion, Consumer, Delivery, Inbox, Provider, PublishOptions, ReplySlot, SubscribeSpec,
+    Completion, Consumer, Delivery, Inbox, InboxAddress, Provider, PublishOptions, ReplySlot,
+    SubscribeSpec,
 };
 use tidings_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Pattern, Result};
 use tokio::sync::{mpsc, watch};
@@ -135,7 +136,7 @@ pub struct MemoryProvider {
     status: watch::Sender<Status>,
     /// The name of this connection's inbox queue, once open: what its requests carry as
     /// `reply_to`.
-    inbox: OnceLock<String>,
+    inbox: InboxAddress,
     /// Where the bus keeps the inbox.
     replies: ReplySlot,
 }
@@ -158,7 +159,7 @@ impl MemoryProvider {
             closed: AtomicBool::new(false),
             consumers: Mutex::new(Vec::new()),
             status: watch::Sender::new(Status::Connected),
-            inbox: OnceLock::new(),
+            inbox: InboxAddress::default(),
             replies: ReplySlot::default(),
         }
     }
@@ -268,10 +269,9 @@ impl Provider for MemoryProvider {
         mut envelope: Envelope,
         options: &'a PublishOptions,
     ) -> Completion<'a, Result<()>> {
-        let Some(inbox) = self.inbox.get() else {
-            return Completion::ready(Err(inbox_not_open()));
-        };
-        envelope.reply_to = Some(inbox.clone());
+        if let Err(e) = self.inbox.stamp(&mut envelope, "memory") {
+            return Completion::ready(Err(e));
+        }
         Completion::ready(self.route(envelope, options))
     }
 
@@ -279,13 +279,9 @@ impl Provider for MemoryProvider {
         self.check_open()?;
         let address = format!("inbox.{}.{}", self.id, next_id());
         let queue = self.broker.declare(&address, false);
-        if self.inbox.set(address.clone()).is_err() {
+        if let Err(e) = self.inbox.set(address.clone(), "memory") {
             self.broker.delete(&queue);
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "this memory:// connection's reply inbox is already open; the bus opens it once \
-                 per connection",
-            ));
+            return Err(e);
         }
         let consumer = self.consume(
             queue,
@@ -337,14 +333,6 @@ impl Provider for MemoryProvider {
     async fn abort(&self) {
         self.detach_all(true);
     }
-}
-
-fn inbox_not_open() -> Error {
-    Error::new(
-        ErrorKind::Unsupported,
-        "a request needs this memory:// connection's reply inbox, which is not open; \
-         Bus::call opens it",
-    )
 }
 
 struct MemoryConsumer {

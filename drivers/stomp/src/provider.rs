@@ -3,13 +3,13 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_stomp::AckMode;
 use tidings_core::driver::Status;
 use tidings_core::driver::{
-    Completion, Consumer, Inbox, Provider, PublishOptions, ReplySlot, SubscribeSpec,
+    Completion, Consumer, Inbox, InboxAddress, Provider, PublishOptions, ReplySlot, SubscribeSpec,
 };
 use tidings_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Pattern, Result};
 use tokio::sync::{mpsc, watch, OnceCell};
@@ -39,7 +39,7 @@ pub struct StompProvider {
     foreign_turn: tokio::sync::Mutex<()>,
     /// The destination of this connection's reply inbox once open: what its requests carry as
     /// `reply-to`.
-    inbox: OnceLock<String>,
+    inbox: InboxAddress,
     /// Where the bus keeps the inbox.
     replies: ReplySlot,
 }
@@ -66,7 +66,7 @@ impl StompProvider {
             closed: AtomicBool::new(false),
             foreign: OnceCell::new(),
             foreign_turn: tokio::sync::Mutex::new(()),
-            inbox: OnceLock::new(),
+            inbox: InboxAddress::default(),
             replies: ReplySlot::default(),
         }
     }
@@ -228,14 +228,9 @@ impl Provider for StompProvider {
         mut envelope: Envelope,
         options: &'a PublishOptions,
     ) -> Completion<'a, Result<()>> {
-        let Some(inbox) = self.inbox.get() else {
-            return Completion::ready(Err(Error::new(
-                ErrorKind::Unsupported,
-                "a request needs this stomp:// connection's reply inbox, which is not open; \
-                 Bus::call opens it",
-            )));
-        };
-        envelope.reply_to = Some(inbox.clone());
+        if let Err(e) = self.inbox.stamp(&mut envelope, "stomp") {
+            return Completion::ready(Err(e));
+        }
         self.publish(envelope, options)
     }
 
@@ -269,13 +264,9 @@ impl Provider for StompProvider {
         let consumer = self
             .consume(plan, None, None, false, dead_letters, address.clone())
             .await?;
-        if self.inbox.set(address.clone()).is_err() {
+        if let Err(e) = self.inbox.set(address.clone(), "stomp") {
             let _ = consumer.cancel().await;
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "this stomp:// connection's reply inbox is already open; the bus opens it once \
-                 per connection",
-            ));
+            return Err(e);
         }
         Ok(Inbox { address, consumer })
     }
