@@ -45,6 +45,12 @@ def exchange() -> Any:
 
 
 @pytest.fixture
+def broker() -> str:
+    """The RabbitMQ URL without tidings' options."""
+    return BROKER
+
+
+@pytest.fixture
 def url(exchange: str) -> str:
     """The bus URL of this run."""
     return f"{BROKER}?exchange={exchange}"

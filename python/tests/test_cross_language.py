@@ -14,8 +14,6 @@ import pytest
 import tidings
 from tidings.envelope import from_incoming
 
-from .conftest import BROKER
-
 N = 20
 
 
@@ -96,7 +94,7 @@ async def test_rust_calls_python(bus: tidings.Bus, peer: Any) -> None:
     assert served == [0, 21, 1000, -4]  # each request handled once; the error is not retried
 
 
-async def test_python_and_rust_workers_share_a_group(url: str, bus: tidings.Bus, peer: Any) -> None:
+async def test_python_and_rust_workers_share_a_group(broker: str, bus: tidings.Bus, peer: Any) -> None:
     """40 jobs and a poison one: every job succeeds exactly once across both workers; a job
     failed on attempt 1 (n % 5 == 0) succeeds on attempt 2 wherever the retry lands; the
     poison one is dead-lettered after 3 attempts with tidings' reason, whoever failed last."""
@@ -145,7 +143,7 @@ async def test_python_and_rust_workers_share_a_group(url: str, bus: tidings.Bus,
             assert h["attempt"] == (2 if h["n"] % 5 == 0 else 1), h
     assert sorted(h["attempt"] for h in everything() if h["n"] == -1) == [1, 2, 3]
 
-    connection = await aio_pika.connect(BROKER)
+    connection = await aio_pika.connect(broker)
     try:
         channel = await connection.channel()
         dead = await channel.declare_queue(f"{bus.exchange}.dead.jobs", durable=True)
@@ -198,3 +196,8 @@ async def test_python_waits_for_a_rust_plugin(bus: tidings.Bus, peer: Any) -> No
     # The plugin has exited: nobody answers the roll call any more.
     with pytest.raises(tidings.CallTimeout, match="2 of 2 participants did not announce .*: ghost, rust-plugin"):
         await bus.barrier("b3").wait_for(["rust-plugin", "ghost"], timeout=1.0)
+
+
+def test_the_installed_package_is_under_test() -> None:
+    """The CI script installs ./python into a virtual environment: that copy is what runs."""
+    assert "site-packages" in tidings.__file__, tidings.__file__

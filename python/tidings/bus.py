@@ -6,11 +6,12 @@ bus.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import socket
 from dataclasses import dataclass, replace
-from typing import Any, Awaitable, Callable, Iterable, Optional
+from typing import Any, Awaitable, Callable, Iterable, Optional, Union
 
 import aio_pika
 import aiormq
@@ -67,8 +68,10 @@ class Message:
         return self.envelope.event
 
 
-Handler = Callable[[Message], Awaitable[Any]]
-ServeHandler = Callable[[Any], Awaitable[Any]]
+Handler = Callable[[Message], Union[Awaitable[Any], Any]]
+"""A subscription's handler: an async (or plain) function of the message."""
+ServeHandler = Callable[[Any], Union[Awaitable[Any], Any]]
+"""An RPC server's handler: an async (or plain) function from the request to the reply."""
 
 
 def _host_word() -> str:
@@ -340,7 +343,7 @@ class Bus:
                 await message.ack()
                 return
             try:
-                await handler(Message(value, envelope))
+                await _run(handler, Message(value, envelope))
             except Exception as e:  # the handler failed: retry or dead-letter
                 await self._fail(message, envelope, str(e) or type(e).__name__, max_attempts, source, dead, subscription)
                 return
@@ -394,7 +397,7 @@ class Bus:
             reply_value: Any = None
             if poison is None:
                 try:
-                    reply_value = await handler(value)
+                    reply_value = await _run(handler, value)
                 except Exception as e:
                     error = str(e) or type(e).__name__
             if request.reply_to is not None:
@@ -442,6 +445,14 @@ class Bus:
 
     async def __aexit__(self, *_: Any) -> None:
         await self.close()
+
+
+async def _run(handler: Callable[[Any], Any], argument: Any) -> Any:
+    """Calls a handler, awaiting its result if it is awaitable (async or plain functions)."""
+    result = handler(argument)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 def _decode(envelope: Envelope, expected_event: str) -> Any:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The Python participant's cross-language tests (python/tests/): a virtual environment in
+# target/py-venv with ./python[test] installed, the Rust peer they start (examples/py_peer.rs),
+# then pytest against the RabbitMQ at TIDINGS_TEST_AMQP (default amqp://guest:guest@127.0.0.1:5672/%2f).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV=target/py-venv
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check './python[test]'
+rm -rf python/build python/tidings.egg-info
+
+cargo build --quiet --features amqp091 --example py_peer
+export PY_PEER="$PWD/target/debug/examples/py_peer"
+
+cd python
+# The pytest script (not `python -m pytest`) keeps python/ off sys.path: the installed copy runs.
+exec "../$VENV/bin/pytest" -q -p no:cacheprovider --import-mode=importlib tests "$@"
