@@ -30,6 +30,7 @@ from .errors import CallTimeout, DecodeError, NoResponders, RemoteError, Tidings
 from .url import parse
 
 log = logging.getLogger("tidings")
+log.addHandler(logging.NullHandler())  # the application decides where warnings go
 
 BROADCAST = "broadcast"
 """The dead-letter queue name of broadcast subscriptions."""
