@@ -3,6 +3,8 @@
 # twice; prints what it did. Called by the README test command (and so by CI).
 #
 #   RabbitMQ  127.0.0.1:5672 (AMQP 0.9.1 and, with its plugin, AMQP 1.0), guest/guest
+#   RabbitMQ cluster of 3 nodes on 127.0.0.1:5682-5684 (scripts/cluster.sh), for the tests that
+#             stop or kill a broker node
 set -euo pipefail
 
 log() { printf 'brokers.sh: %s\n' "$*"; }
@@ -52,6 +54,12 @@ done
 wait_port 127.0.0.1 61613 60 || { log "RabbitMQ STOMP did not open 127.0.0.1:61613"; exit 1; }
 wait_port 127.0.0.1 15672 60 || { log "RabbitMQ management did not open 127.0.0.1:15672"; exit 1; }
 log "RabbitMQ STOMP on 127.0.0.1:61613, management on 127.0.0.1:15672"
+
+# --- RabbitMQ cluster (fault tests) -------------------------------------------------------------
+# Started in the background while ActiveMQ starts; waited for at the end.
+CLUSTER_LOG=$(mktemp)
+bash "$(dirname "$0")/cluster.sh" start >"$CLUSTER_LOG" 2>&1 &
+CLUSTER_PID=$!
 
 # --- ActiveMQ (stomp driver) -----------------------------------------------------------------
 #   ActiveMQ 5.17 (Debian's `activemq` package), instance `tidings`, STOMP on 127.0.0.1:61623
@@ -132,3 +140,8 @@ if ! wait_port 127.0.0.1 61623 90; then
     exit 1
 fi
 log "ActiveMQ STOMP on 127.0.0.1:61623"
+
+wait_cluster_status=0
+wait "$CLUSTER_PID" || wait_cluster_status=$?
+cat "$CLUSTER_LOG"; rm -f "$CLUSTER_LOG"
+if [ "$wait_cluster_status" != 0 ]; then log "the RabbitMQ cluster did not start (scripts/cluster.sh)"; exit 1; fi
