@@ -1,7 +1,9 @@
-//! Fault tests against the local RabbitMQ: a consumer killed with SIGKILL, the broker closing
-//! every connection of a bus mid-flow (messages, then calls), and a broker restart
-//! (`stop_app`/`start_app`). Each asserts that no message is lost. They run one at a time (a
-//! global lock) and always restore the broker.
+//! Fault tests against the local RabbitMQ: a consumer killed with SIGKILL and the broker closing
+//! every connection of a bus mid-flow (messages, then calls), on the shared broker (only this
+//! test's own connections are closed); and a broker node stopped and started again, or killed
+//! with SIGKILL and started again, on node 3 of the test cluster (`scripts/cluster.sh`,
+//! `tidings3@localhost` on 127.0.0.1:5684), never on the shared broker. Each asserts that no
+//! message is lost. They run one at a time (a global lock) and always restart the node.
 
 mod support;
 
@@ -15,7 +17,7 @@ use tidings_core::driver::Status;
 use tidings_core::Bus;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// Serialises the fault tests: they disturb the shared broker.
+/// Serialises the fault tests: they disturb the brokers they run on.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Set in the child process that `kill_9_consumer` starts: `<exchange> <group>`.
@@ -49,6 +51,91 @@ impl Drop for Cleanup {
                 .block_on(support::cleanup(&exchange));
         })
         .join();
+    }
+}
+
+/// The test cluster's node that the restart tests stop and kill (`scripts/cluster.sh`).
+const CLUSTER_NODE: &str = "tidings3@localhost";
+/// Its AMQP URL: guest may log in because the node listens on 127.0.0.1 only.
+const CLUSTER_NODE_URL: &str = "amqp://guest:guest@127.0.0.1:5684/%2f";
+/// Its management API, for the cleanup.
+const CLUSTER_NODE_MANAGEMENT: &str = "http://127.0.0.1:15684";
+
+/// `scripts/cluster.sh` of this workspace.
+fn cluster_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster.sh")
+}
+
+/// Runs `scripts/cluster.sh ARGS` and panics with its output if it fails.
+fn cluster_sh(args: &[&str]) {
+    let out = std::process::Command::new("bash")
+        .arg(cluster_script())
+        .args(args)
+        .output()
+        .expect("bash runs scripts/cluster.sh");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "scripts/cluster.sh {args:?} failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Fails (never skips) unless the test cluster is up: `CLUSTER_NODE` answers and runs in a
+/// cluster of three.
+fn require_cluster() {
+    let not_up = |why: String| -> ! {
+        panic!(
+            "the RabbitMQ test cluster is not up ({why}); start it with `scripts/cluster.sh start` \
+             (scripts/brokers.sh and scripts/test.sh do)"
+        )
+    };
+    if let Err(e) = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5684".parse().expect("address"),
+        Duration::from_secs(2),
+    ) {
+        not_up(format!("{CLUSTER_NODE} on 127.0.0.1:5684: {e}"));
+    }
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-n",
+            CLUSTER_NODE,
+            "-q",
+            "cluster_status",
+            "--formatter",
+            "json",
+        ])
+        .output()
+        .unwrap_or_else(|e| not_up(format!("rabbitmqctl does not run: {e}")));
+    if !out.status.success() {
+        not_up(format!(
+            "rabbitmqctl -n {CLUSTER_NODE} cluster_status: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let running = status["running_nodes"].as_array().map_or(0, Vec::len);
+    if running != 3 {
+        not_up(format!(
+            "{CLUSTER_NODE} sees {running} running nodes, not 3: {}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ));
+    }
+}
+
+/// Deletes the exchange and its queues on the cluster node when the test ends.
+struct ClusterCleanup(String);
+
+impl Drop for ClusterCleanup {
+    fn drop(&mut self) {
+        let broker = format!("{CLUSTER_NODE_URL}?management={CLUSTER_NODE_MANAGEMENT}");
+        let outcome = tidings_conformance::rabbitmq::Management::for_broker(&broker)
+            .and_then(|m| m.delete_namespace(&self.0));
+        if let Err(e) = outcome {
+            eprintln!("cleanup of {} on {CLUSTER_NODE}: {e}", self.0);
+        }
     }
 }
 
@@ -388,27 +475,59 @@ async fn a_second_bus_on_one_connection_calls_through_its_inbox() {
     first.shutdown().await.ok();
 }
 
-/// Starts the broker app again when dropped, so a failing test never leaves it stopped.
+/// Starts the cluster node again when dropped, so a failing test never leaves it down.
 struct RestartGuard;
 
 impl Drop for RestartGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .arg("start_app")
-            .output();
+        let _ = std::process::Command::new("bash")
+            .arg(cluster_script())
+            .args(["start", CLUSTER_NODE])
+            .status();
     }
+}
+
+/// How the restart tests take the node down.
+#[derive(Clone, Copy, Debug)]
+enum Outage {
+    /// `scripts/cluster.sh stop`: `rabbitmqctl stop`, the node shuts down cleanly.
+    Stop,
+    /// `scripts/cluster.sh kill`: SIGKILL of the node's Erlang VM.
+    Kill,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn durable_group_survives_a_broker_restart() {
+    durable_group_survives(Outage::Stop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_group_survives_a_broker_killed_with_sigkill() {
+    durable_group_survives(Outage::Kill).await;
+}
+
+/// A durable group's messages, published (and confirmed) while it has no member, are all
+/// delivered after the node it lives on goes down and comes back; the bus reports
+/// `Reconnecting` during the outage and `Connected` after, and a publish made during the outage
+/// waits for the node and succeeds.
+async fn durable_group_survives(outage: Outage) {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let exchange = exchange("restart");
-    let _cleanup = Cleanup(exchange.clone());
+    // Blocks this runtime's thread for a moment; it is the first thing the test does.
+    require_cluster();
+    let exchange = exchange(&format!("{outage:?}").to_lowercase());
+    let _cleanup = ClusterCleanup(exchange.clone());
     let group = format!("{exchange}-g");
     const TOTAL: u32 = 1_000;
 
-    let bus = bus(&exchange).await;
-    // Create the durable group queue, then leave it with no member.
+    let bus = Bus::new(
+        tidings_amqp091::connect(&format!(
+            "{CLUSTER_NODE_URL}?exchange={exchange}&publish_timeout_ms=60000"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{CLUSTER_NODE} at {CLUSTER_NODE_URL} reachable: {e}")),
+    );
+    // Create the durable group queue (its leader is the node the bus is connected to), then
+    // leave it with no member.
     let sub = bus
         .subscribe::<u32>("stock.#")
         .group(&group)
@@ -422,7 +541,11 @@ async fn durable_group_survives_a_broker_restart() {
     let mut status = bus.status();
 
     let restart = RestartGuard;
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+    let verb = match outage {
+        Outage::Stop => "stop",
+        Outage::Kill => "kill",
+    };
+    tokio::task::spawn_blocking(move || cluster_sh(&[verb, CLUSTER_NODE]))
         .await
         .unwrap();
     tokio::time::timeout(
@@ -438,7 +561,12 @@ async fn durable_group_survives_a_broker_restart() {
         async move { bus.emit("stock.item", &TOTAL).await }
     });
     tokio::time::sleep(Duration::from_secs(1)).await;
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
+    assert!(
+        !during.is_finished(),
+        "the publish made during the outage returned before the node was back: {:?}",
+        during.await
+    );
+    tokio::task::spawn_blocking(|| cluster_sh(&["start", CLUSTER_NODE]))
         .await
         .unwrap();
     drop(restart);
@@ -447,7 +575,7 @@ async fn durable_group_survives_a_broker_restart() {
         status.wait_for(|s| *s == Status::Connected),
     )
     .await
-    .expect("reconnected after start_app")
+    .expect("reconnected after the node started again")
     .expect("watch");
     during
         .await
@@ -475,13 +603,13 @@ async fn durable_group_survives_a_broker_restart() {
     let seen = seen.lock().unwrap().clone();
     let missing: Vec<u32> = (0..=TOTAL).filter(|n| !seen.contains_key(n)).collect();
     println!(
-        "after the restart: {} distinct of {}",
+        "after the {outage:?} of {CLUSTER_NODE}: {} distinct of {}",
         seen.len(),
         TOTAL + 1
     );
     assert!(
         missing.is_empty(),
-        "{} lost across the restart, e.g. {:?}",
+        "{} lost across the {outage:?} of {CLUSTER_NODE}, e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(10)]
     );
