@@ -483,7 +483,7 @@ impl Drop for RestartGuard {
         let _ = std::process::Command::new("bash")
             .arg(cluster_script())
             .args(["start", CLUSTER_NODE])
-            .status();
+            .output();
     }
 }
 
