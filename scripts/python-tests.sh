@@ -14,7 +14,10 @@ fi
 rm -rf python/build python/tidings.egg-info
 
 cargo build --quiet --features amqp091 --example py_peer
-export PY_PEER="$PWD/target/debug/examples/py_peer"
+# Where cargo put it: target/, or wherever CARGO_TARGET_DIR points.
+TARGET_DIR="$(cargo metadata --format-version 1 --no-deps \
+    | "$VENV/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+export PY_PEER="$TARGET_DIR/debug/examples/py_peer"
 
 cd python
 # The pytest script (not `python -m pytest`) keeps python/ off sys.path: the installed copy runs.
