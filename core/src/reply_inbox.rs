@@ -17,9 +17,27 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::driver::{Consumer, Outcome, Provider};
+use crate::driver::delivery::{Consumer, Inbox, Outcome};
 use crate::envelope::Envelope;
 use crate::error::Result;
+
+/// Where the bus keeps a connection's reply inbox and the calls waiting on it.
+///
+/// A driver holds one per connection, made with `ReplySlot::default()`, returns it from
+/// [`Provider::reply_slot`](crate::driver::Provider::reply_slot) and never looks inside. The slot is the provider's rather than a
+/// bus's because the inbox belongs to the connection: every bus over one provider finds the
+/// same inbox there, and it goes away with the connection. (A registry in the bus keyed by
+/// provider would need a process-wide map, keys that outlive their providers, and would split
+/// the inbox of a provider wrapped by another one that delegates to it; a slot the provider
+/// holds has none of that.)
+#[derive(Default)]
+pub struct ReplySlot(tokio::sync::OnceCell<ReplyInbox>);
+
+impl fmt::Debug for ReplySlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ReplySlot").field(&self.0.get()).finish()
+    }
+}
 
 type Waiters = Mutex<HashMap<String, oneshot::Sender<Arc<Envelope>>>>;
 
@@ -31,24 +49,22 @@ pub(crate) struct ReplyInbox {
 }
 
 impl ReplyInbox {
-    /// The connection's inbox, opened by the first call over `provider` (again after a
-    /// failure to open it).
-    pub(crate) async fn of(provider: &Arc<dyn Provider>) -> Result<&Self> {
-        provider
-            .reply_slot()
-            .0
-            .get_or_try_init(|| Self::open(provider))
+    /// The connection's inbox from its `slot`, opened with `open` by the first call over the
+    /// connection (again after a failure to open it).
+    pub(crate) async fn of<F>(slot: &ReplySlot, open: F) -> Result<&Self>
+    where
+        F: std::future::Future<Output = Result<Inbox>>,
+    {
+        slot.0
+            .get_or_try_init(|| async {
+                let inbox = open.await?;
+                Ok(Self {
+                    address: inbox.address,
+                    waiters: Mutex::default(),
+                    inbox: tokio::sync::Mutex::new(inbox.consumer),
+                })
+            })
             .await
-    }
-
-    /// Opens the connection's inbox.
-    async fn open(provider: &Arc<dyn Provider>) -> Result<Self> {
-        let inbox = provider.open_inbox().await?;
-        Ok(Self {
-            address: inbox.address,
-            waiters: Mutex::default(),
-            inbox: tokio::sync::Mutex::new(inbox.consumer),
-        })
     }
 
     /// The address the connection's requests carry as `reply_to` (the driver sets it).

@@ -50,7 +50,8 @@ impl<'a, Req: Event, Resp: Event> Call<'a, Req, Resp> {
 
     async fn send(self) -> Result<Resp> {
         let bus = self.bus;
-        let inbox = ReplyInbox::of(&bus.shared.provider).await?;
+        let provider = &bus.shared.provider;
+        let inbox = ReplyInbox::of(provider.reply_slot(), provider.open_inbox()).await?;
         let mut envelope = bus.envelope(self.name, self.request)?;
         let correlation_id = new_id();
         envelope.correlation_id = Some(correlation_id.clone());
