@@ -174,10 +174,10 @@ pub trait Consumer: Send + 'static {
     async fn cancel(self: Box<Self>) -> Result<()>;
 }
 
-/// A connection's reply inbox, as [`Provider::open_inbox`] opens it: the private address where
+/// A connection's reply inbox, as [`Provider::open_inbox`](super::Provider::open_inbox) opens it: the private address where
 /// the replies to the connection's requests arrive.
 pub struct Inbox {
-    /// The address [`Provider::request`] puts in `reply_to`, as far as the connection knows it
+    /// The address [`Provider::request`](super::Provider::request) puts in `reply_to`, as far as the connection knows it
     /// (a broker may rewrite it on the way). The bus shows it to layers; it never sends to it.
     pub address: String,
     /// The replies. They need no settling.
