@@ -544,7 +544,7 @@ impl Settle for AmqpSettle {
                         ));
                     };
                     let letter = self.envelope().into_dead_letter(&reason, &dead.from);
-                    crate::provider::ensure_dead_queue(&self.shared, &dead.queue).await?;
+                    crate::topology::ensure_dead_queue(&self.shared, &dead.queue).await?;
                     publish(
                         &self.shared,
                         &Target::queue(&dead.queue)?,

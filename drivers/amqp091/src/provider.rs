@@ -8,15 +8,13 @@ use tidings_core::driver::{
 };
 use tidings_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Result};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::connection::{closed, Shared};
 use crate::consumer::{self, DeadTarget, SubSpec};
-use crate::errors::transport;
 use crate::inbox::{ReplyInbox, DIRECT_REPLY_TO};
 use crate::publisher::{publish, Target};
-use crate::topology::{dead_queue, declare_queue, group_queue, QueueKind};
+use crate::topology::{dead_queue, group_queue, QueueKind};
 
 /// How many dead letters a reader may hold unsettled.
 const DEAD_LETTER_PREFETCH: u16 = 64;
@@ -64,34 +62,6 @@ impl AmqpProvider {
         }
         Ok(())
     }
-}
-
-/// Declares the durable dead-letter queue `queue` once per connection.
-pub(crate) async fn ensure_dead_queue(shared: &Arc<Shared>, queue: &str) -> Result<()> {
-    let deadline = Instant::now() + shared.config.publish_timeout;
-    let session = shared.session_after(0, deadline).await?;
-    if session.mark_declared(queue) {
-        return Ok(());
-    }
-    let result = async {
-        let channel = session.connection.create_channel().await.map_err(|e| {
-            transport(
-                ErrorKind::Connection,
-                format!("cannot open a channel: {e}"),
-                e,
-            )
-        })?;
-        let declared = declare_queue(&channel, queue, &QueueKind::DeadLetters).await;
-        if channel.status().connected() {
-            let _ = channel.close(200, "declared".into()).await;
-        }
-        declared.map(|_| ())
-    }
-    .await;
-    if result.is_err() {
-        session.forget_declared(queue);
-    }
-    result
 }
 
 #[async_trait]

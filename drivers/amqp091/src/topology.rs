@@ -14,8 +14,12 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
-use tidings_core::{Error, ErrorKind, Result};
+use std::sync::Arc;
 
+use tidings_core::{Error, ErrorKind, Result};
+use tokio::time::Instant;
+
+use crate::connection::Shared;
 use crate::errors::transport;
 
 /// The kinds of queue the driver uses.
@@ -165,4 +169,32 @@ pub(crate) async fn bind(
                 e,
             )
         })
+}
+
+/// Declares the durable dead-letter queue `queue` once per connection.
+pub(crate) async fn ensure_dead_queue(shared: &Arc<Shared>, queue: &str) -> Result<()> {
+    let deadline = Instant::now() + shared.config.publish_timeout;
+    let session = shared.session_after(0, deadline).await?;
+    if session.mark_declared(queue) {
+        return Ok(());
+    }
+    let result = async {
+        let channel = session.connection.create_channel().await.map_err(|e| {
+            transport(
+                ErrorKind::Connection,
+                format!("cannot open a channel: {e}"),
+                e,
+            )
+        })?;
+        let declared = declare_queue(&channel, queue, &QueueKind::DeadLetters).await;
+        if channel.status().connected() {
+            let _ = channel.close(200, "declared".into()).await;
+        }
+        declared.map(|_| ())
+    }
+    .await;
+    if result.is_err() {
+        session.forget_declared(queue);
+    }
+    result
 }
