@@ -87,12 +87,17 @@ impl Fields {
 /// Whether `bytes` may declare a 32-bit binary, string or symbol longer than all of `bytes`.
 /// serde_amqp allocates (zeroed) the declared length before it reads: 25 bytes can ask for 4 GB.
 /// That is serde_amqp's to fix (fe2o3's receiver reads deliveries the same way), so such inputs
-/// are skipped rather than reported again and again.
+/// are skipped rather than reported again and again. In an array the elements' lengths follow
+/// one constructor, so an array that may hold such elements is skipped whole.
 fn declares_too_long(bytes: &[u8]) -> bool {
-    bytes.windows(5).any(|w| {
-        matches!(w[0], 0xb0 | 0xb1 | 0xb3)
-            && u32::from_be_bytes([w[1], w[2], w[3], w[4]]) as usize > bytes.len()
-    })
+    let long = |b: &u8| matches!(b, 0xb0 | 0xb1 | 0xb3);
+    bytes
+        .windows(5)
+        .any(|w| long(&w[0]) && u32::from_be_bytes([w[1], w[2], w[3], w[4]]) as usize > bytes.len())
+        || bytes
+            .iter()
+            .enumerate()
+            .any(|(i, b)| matches!(b, 0xe0 | 0xf0) && bytes[i + 1..].iter().take(16).any(long))
 }
 
 /// Deserializes `bytes` as fe2o3's receiver does and decodes the envelope. On a thread with a
