@@ -62,11 +62,14 @@ impl<'a, Req: Event, Resp: Event> Call<'a, Req, Resp> {
         // The request's confirm and the reply are awaited together: a call costs one round trip
         // to the server, not a confirm round trip first. A reply that comes before the confirm
         // proves the request was delivered, so the confirm no longer matters.
+        // Only layers read the inbox address here (the driver stamps its own): no copy per call
+        // for a handle without them.
+        let seen_by_layers = (!bus.layers.is_empty()).then(|| inbox.address().to_owned());
         let published = bus.send(
             envelope,
             Kind::Request,
             &PublishOptions::MANDATORY,
-            Some(inbox.address().to_owned()),
+            seen_by_layers,
         );
         let replied = tokio::time::timeout(self.timeout, inbox.reply(rx));
         tokio::pin!(replied);
@@ -101,6 +104,10 @@ impl<'a, Req: Event, Resp: Event> Call<'a, Req, Resp> {
     /// inbox: a remote error becomes [`ErrorKind::Remote`], a layer that stops the reply fails
     /// the call with its reason.
     async fn receive_reply(&self, reply: Arc<Envelope>) -> Result<Resp> {
+        if self.bus.layers.is_empty() {
+            // No layer to tell: the answer alone, without building what layers see.
+            return self.read_reply(&reply);
+        }
         let answer = Mutex::new(None);
         let incoming = Incoming::new(
             reply,
