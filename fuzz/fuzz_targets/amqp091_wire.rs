@@ -7,7 +7,8 @@
 //! what the parser leaves is the body. Round-trip mode: an envelope, built by `arbitrary`.
 #![no_main]
 
-use std::collections::BTreeMap;
+mod wire;
+
 use std::time::Duration;
 
 use amq_protocol::frame::WriteContext;
@@ -16,7 +17,6 @@ use bytes::Bytes;
 use lapin::protocol::basic::{gen_properties, parse_properties};
 use libfuzzer_sys::fuzz_target;
 use tidings_amqp091::fuzzing;
-use tidings_core::envelope::headers;
 use tidings_core::Envelope;
 
 /// The header names the driver uses for envelope fields.
@@ -48,20 +48,7 @@ struct Fields {
 impl Fields {
     /// The envelope, with what the core guarantees of one that is sent.
     fn envelope(self) -> Envelope {
-        let mut map = BTreeMap::new();
-        for (own, name, value) in self.headers {
-            let name = if own {
-                format!("{}{name}", headers::RESERVED_PREFIX)
-            } else if headers::check_user_name(&name).is_ok() {
-                name
-            } else {
-                continue;
-            };
-            // tidings' own headers are the core's (status, dead letter), never these names.
-            if !FIELDS.contains(&name.as_str()) {
-                map.insert(name, value);
-            }
-        }
+        let map = wire::sent_headers(self.headers, &FIELDS);
         Envelope {
             id: self.id,
             routing_key: self.routing_key,

@@ -3,7 +3,8 @@
 //! must decode to that envelope again).
 #![no_main]
 
-use std::collections::BTreeMap;
+mod wire;
+
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
@@ -13,7 +14,6 @@ use fe2o3_amqp::types::messaging::{Body, Message};
 use fe2o3_amqp::types::primitives::Value;
 use libfuzzer_sys::fuzz_target;
 use tidings_amqp10::fuzzing;
-use tidings_core::envelope::headers;
 use tidings_core::Envelope;
 
 #[derive(Arbitrary, Debug)]
@@ -52,20 +52,7 @@ const FIELDS: [&str; 4] = [
 impl Fields {
     /// The envelope, with what the core guarantees of one that is sent.
     fn envelope(self) -> Envelope {
-        let mut map = BTreeMap::new();
-        for (own, name, value) in self.headers {
-            let name = if own {
-                format!("{}{name}", headers::RESERVED_PREFIX)
-            } else if headers::check_user_name(&name).is_ok() {
-                name
-            } else {
-                continue;
-            };
-            // tidings' own headers are the core's (status, dead letter), never these names.
-            if !FIELDS.contains(&name.as_str()) {
-                map.insert(name, value);
-            }
-        }
+        let map = wire::sent_headers(self.headers, &FIELDS);
         Envelope {
             id: self.id,
             routing_key: self.routing_key,

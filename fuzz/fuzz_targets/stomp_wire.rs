@@ -3,13 +3,13 @@
 //! envelope again).
 #![no_main]
 
-use std::collections::BTreeMap;
+mod wire;
+
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tidings_core::envelope::headers;
 use tidings_core::Envelope;
 use tidings_stomp::fuzzing::{self, Frame};
 
@@ -43,17 +43,7 @@ struct Fields {
 impl Fields {
     /// The envelope, with what the core guarantees of one that is sent.
     fn envelope(self) -> Envelope {
-        let mut map = BTreeMap::new();
-        for (own, name, value) in self.headers {
-            let name = if own {
-                format!("{}{name}", headers::RESERVED_PREFIX)
-            } else if headers::check_user_name(&name).is_ok() {
-                name
-            } else {
-                continue;
-            };
-            map.insert(name, value);
-        }
+        let map = wire::sent_headers(self.headers, &[]);
         Envelope {
             id: self.id,
             routing_key: self.routing_key,
