@@ -89,7 +89,7 @@ impl Endpoint {
     fn parse(broker: &str, env: Option<&str>) -> Result<Self, String> {
         let mut url = BrokerUrl::parse(broker, "RabbitMQ management", SCHEMES)
             .map_err(|e| e.message().to_owned())?;
-        let host = url.host();
+        let host = url.nodes()[0].host();
         let default_base = format!("http://{}:{DEFAULT_PORT}", bracketed(host));
         let base = url
             .take("management")

@@ -2,7 +2,11 @@
 //! host, the options every driver shares (`exchange`, `publish_timeout_ms`), driver-specific
 //! options, and a password-free form for logs and errors.
 //!
-//! `scheme://[user[:password]@]host[:port][/vhost][?exchange=NAME&publish_timeout_ms=N&…]`
+//! `scheme://[user[:password]@]host[:port][,host[:port]…][/vhost][?exchange=NAME&publish_timeout_ms=N&…]`
+//!
+//! Several hosts, separated by commas, name the nodes of one broker cluster: a driver connects to
+//! one of them and moves to another when its node is lost. An IPv6 host is written in brackets
+//! (`[::1]:5672`); a node without a port uses the driver's default port.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -19,7 +23,9 @@ pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 /// A parsed broker URL. Its `Debug` never shows the password.
 #[derive(Clone)]
 pub struct BrokerUrl {
+    /// The URL with the first node as its host.
     url: url::Url,
+    nodes: Vec<Node>,
     redacted: String,
     exchange: String,
     publish_timeout: Duration,
@@ -29,6 +35,7 @@ impl fmt::Debug for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BrokerUrl")
             .field("url", &self.redacted)
+            .field("nodes", &self.nodes)
             .field("exchange", &self.exchange)
             .field("publish_timeout", &self.publish_timeout)
             .finish()
@@ -43,7 +50,8 @@ impl BrokerUrl {
     /// Parses `url` for the driver `driver`, which accepts `schemes`. Takes out the shared
     /// options; errors name what is wrong and never contain the password.
     pub fn parse(url: &str, driver: &str, schemes: &[&str]) -> Result<Self> {
-        let mut parsed = url::Url::parse(url).map_err(|e| {
+        let (first_node_url, nodes) = split_nodes(url)?;
+        let mut parsed = url::Url::parse(&first_node_url).map_err(|e| {
             let scheme = url.split_once(':').map_or(schemes[0], |(scheme, _)| scheme);
             invalid(format!(
                 "cannot parse the broker url {:?}: {e}; expected {}",
@@ -78,8 +86,13 @@ impl BrokerUrl {
         }
         check_exchange(&exchange)?;
         set_query(&mut parsed, kept);
+        let nodes = match nodes {
+            Some(nodes) => nodes,
+            None => vec![Node::of(&parsed)],
+        };
         Ok(Self {
-            redacted: redact(parsed.as_str()),
+            redacted: with_nodes(&redact(parsed.as_str()), &nodes),
+            nodes,
             url: parsed,
             exchange,
             publish_timeout,
@@ -91,18 +104,10 @@ impl BrokerUrl {
         self.url.scheme()
     }
 
-    /// The host, without IPv6 brackets. Every URL has one: [`parse`](Self::parse) refuses a
-    /// URL without.
-    pub fn host(&self) -> &str {
-        self.url
-            .host_str()
-            .unwrap_or_default()
-            .trim_matches(['[', ']'])
-    }
-
-    /// The port; `default` when the URL has none.
-    pub fn port_or(&self, default: u16) -> u16 {
-        self.url.port().unwrap_or(default)
+    /// The broker's nodes, in the order the URL gives them: one for a single host, several
+    /// for a cluster. Never empty: [`parse`](Self::parse) refuses a URL without a host.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
     }
 
     /// The user name, percent-decoded; `None` when empty.
@@ -192,10 +197,15 @@ impl BrokerUrl {
         )))
     }
 
-    /// The URL without the options taken so far, password included: for handing to a client
-    /// library. Never log it; use [`redacted`](Self::redacted).
-    pub fn secret_url(&self) -> &str {
-        self.url.as_str()
+    /// The URL of one node (`node`, one of [`nodes`](Self::nodes)) without the options taken
+    /// so far, password included: for handing to a client library that takes one host. Never
+    /// log it; use [`redacted`](Self::redacted).
+    pub fn secret_url_of(&self, node: &Node) -> String {
+        let mut url = self.url.clone();
+        // The host was valid in the URL it came from, and so is its port.
+        let _ = url.set_host(Some(&bracketed(&node.host)));
+        let _ = url.set_port(node.port);
+        url.into()
     }
 
     /// The URL with its password replaced by `***`, for logs and errors.
@@ -206,7 +216,115 @@ impl BrokerUrl {
 
 /// The URL grammar, for error messages.
 fn expected_form(scheme: &str) -> String {
-    format!("{scheme}://[user[:password]@]host[:port][/vhost][?option=value&…]")
+    format!("{scheme}://[user[:password]@]host[:port][,host[:port]…][/vhost][?option=value&…]")
+}
+
+/// One node of a broker: a host (without IPv6 brackets) and, when the URL gives one, a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Node {
+    host: String,
+    port: Option<u16>,
+}
+
+impl Node {
+    fn of(url: &url::Url) -> Self {
+        Self {
+            host: url
+                .host_str()
+                .unwrap_or_default()
+                .trim_matches(['[', ']'])
+                .to_owned(),
+            port: url.port(),
+        }
+    }
+
+    /// The host name or address, without IPv6 brackets.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port; `default` (the driver's) when the URL gives none.
+    pub fn port_or(&self, default: u16) -> u16 {
+        self.port.unwrap_or(default)
+    }
+
+    /// `host:port` as a socket address is written (IPv6 in brackets), with `default` as the
+    /// port when the URL gives none.
+    pub fn address(&self, default: u16) -> String {
+        format!("{}:{}", bracketed(&self.host), self.port_or(default))
+    }
+}
+
+impl fmt::Display for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(port) => write!(f, "{}:{port}", bracketed(&self.host)),
+            None => f.write_str(&bracketed(&self.host)),
+        }
+    }
+}
+
+/// Splits a host list (`h1:5672,h2:5673`) out of `url`: the URL with its first node as host,
+/// and every node. `None` when there is one host (the URL is then parsed as it is). Each node
+/// is parsed by the URL parser on its own, so hosts and ports follow the URL rules.
+fn split_nodes(url: &str) -> Result<(Cow<'_, str>, Option<Vec<Node>>)> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok((Cow::Borrowed(url), None));
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let hosts_start = authority.rfind('@').map_or(0, |at| at + 1);
+    let hosts = &authority[hosts_start..];
+    if !hosts.contains(',') {
+        return Ok((Cow::Borrowed(url), None));
+    }
+    let mut nodes = Vec::new();
+    for (i, host) in hosts.split(',').enumerate() {
+        let bad = |why: String| {
+            invalid(format!(
+                "node {} of the broker url {:?} {why}; expected {}",
+                i + 1,
+                redact(url),
+                expected_form(scheme)
+            ))
+        };
+        if host.is_empty() {
+            return Err(bad("is empty (two commas, or a comma at an end)".to_owned()));
+        }
+        let one = url::Url::parse(&format!("{scheme}://{host}"))
+            .map_err(|e| bad(format!("({host:?}) is not a host[:port]: {e}")))?;
+        if one.host_str().is_none_or(str::is_empty) {
+            return Err(bad(format!("({host:?}) has no host")));
+        }
+        let node = Node::of(&one);
+        if nodes.contains(&node) {
+            return Err(bad(format!("({node}) is listed twice")));
+        }
+        nodes.push(node);
+    }
+    let first = hosts.split(',').next().unwrap_or_default();
+    let start = scheme.len() + 3 + hosts_start;
+    let first_node_url = format!("{}{first}{}", &url[..start], &url[start + hosts.len()..]);
+    Ok((Cow::Owned(first_node_url), Some(nodes)))
+}
+
+/// `redacted` (a URL with its first node as host) with every node of `nodes` as its host list.
+fn with_nodes(redacted: &str, nodes: &[Node]) -> String {
+    if nodes.len() < 2 {
+        return redacted.to_owned();
+    }
+    match url::Url::parse(redacted) {
+        Ok(url) => {
+            let hosts: Vec<String> = nodes.iter().map(Node::to_string).collect();
+            format!(
+                "{}{}{}",
+                &url[..url::Position::BeforeHost],
+                hosts.join(","),
+                &url[url::Position::AfterPort..]
+            )
+        }
+        Err(_) => redacted.to_owned(),
+    }
 }
 
 fn set_query(url: &mut url::Url, pairs: Vec<(String, String)>) {
@@ -329,13 +447,19 @@ mod tests {
         .unwrap();
         assert_eq!(u.username().as_deref(), Some("gu@est"));
         assert_eq!(u.password().as_deref(), Some("se/cret"));
-        assert_eq!(u.host(), "::1");
-        assert_eq!(u.port_or(1), 5673);
+        assert_eq!(u.nodes().len(), 1);
+        assert_eq!(u.nodes()[0].host(), "::1");
+        assert_eq!(u.nodes()[0].port_or(1), 5673);
         assert_eq!(u.vhost(), "my/vhost");
         assert_eq!(u.exchange(), "ex1");
         assert_eq!(u.publish_timeout(), Duration::from_millis(250));
         assert_eq!(u.take("dialect").as_deref(), Some("x"));
-        assert!(u.secret_url().contains("heartbeat=10") && !u.secret_url().contains("exchange"));
+        let secret = u.secret_url_of(&u.nodes()[0]);
+        assert!(secret.contains("heartbeat=10") && !secret.contains("exchange"));
+        assert!(
+            secret.starts_with("amqp://gu%40est:se%2Fcret@[::1]:5673/"),
+            "{secret}"
+        );
         assert!(!u.redacted().contains("cret") && !format!("{u:?}").contains("cret"));
         assert!(u
             .reject_unknown(&[])
@@ -348,7 +472,7 @@ mod tests {
     fn defaults_and_errors() {
         let u = BrokerUrl::parse("stomp://h", "stomp", &["stomp"]).unwrap();
         assert_eq!(
-            (u.exchange(), u.vhost(), u.port_or(61613)),
+            (u.exchange(), u.vhost(), u.nodes()[0].port_or(61613)),
             ("tidings", "/".to_owned(), 61613)
         );
         assert_eq!(u.username(), None);
@@ -474,5 +598,61 @@ mod tests {
         assert_eq!(bracketed("rabbit.example"), "rabbit.example");
         assert_eq!(bracketed("127.0.0.1"), "127.0.0.1");
         assert_eq!(bracketed("::1"), "[::1]");
+    }
+
+    #[test]
+    fn a_host_list_names_every_node_of_a_cluster() {
+        let mut u = BrokerUrl::parse(
+            "amqp://guest:s%2Cecret@h1:5672,h2,[::1]:5674,10.0.0.4:5675/v%2Ch?heartbeat=5&exchange=ex",
+            "amqp091",
+            &["amqp"],
+        )
+        .unwrap();
+        let nodes: Vec<String> = u.nodes().iter().map(|n| n.address(5672)).collect();
+        assert_eq!(nodes, ["h1:5672", "h2:5672", "[::1]:5674", "10.0.0.4:5675"]);
+        assert_eq!(u.nodes()[2].host(), "::1");
+        assert_eq!(u.nodes()[1].to_string(), "h2");
+        assert_eq!(u.password().as_deref(), Some("s,ecret"));
+        assert_eq!((u.vhost(), u.exchange()), ("v,h".to_owned(), "ex"));
+        assert_eq!(
+            u.redacted(),
+            "amqp://guest:***@h1:5672,h2,[::1]:5674,10.0.0.4:5675/v%2Ch?heartbeat=5"
+        );
+        assert_eq!(
+            u.secret_url_of(&u.nodes()[2]),
+            "amqp://guest:s%2Cecret@[::1]:5674/v%2Ch?heartbeat=5"
+        );
+        assert_eq!(
+            u.secret_url_of(&u.nodes()[1]),
+            "amqp://guest:s%2Cecret@h2/v%2Ch?heartbeat=5"
+        );
+        assert_eq!(u.take("heartbeat").as_deref(), Some("5"));
+        assert_eq!(
+            u.secret_url_of(&u.nodes()[0]),
+            "amqp://guest:s%2Cecret@h1:5672/v%2Ch"
+        );
+        // A comma in the login is not a host separator.
+        let u = BrokerUrl::parse("stomp://a,b:c,d@h1,h2:61614", "stomp", &["stomp"]).unwrap();
+        assert_eq!(u.nodes().len(), 2);
+        assert_eq!(u.username().as_deref(), Some("a,b"));
+    }
+
+    #[test]
+    fn a_bad_host_list_says_which_node_is_wrong() {
+        for (url, expected) in [
+            ("amqp://u:secret@h1,,h2/", "node 2 of the broker url"),
+            ("amqp://u:secret@h1,/", "node 2 of the broker url"),
+            ("amqp://u:secret@,h1/", "node 1 of the broker url"),
+            ("amqp://u:secret@h1,h2:99999/", "node 2"),
+            ("amqp://u:secret@h1,h2:x/", "is not a host[:port]"),
+            ("amqp://u:secret@h1:5672,h1:5672/", "listed twice"),
+            ("amqp://u:secret@h1,[::1/", "node 2"),
+        ] {
+            let e = BrokerUrl::parse(url, "amqp091", &["amqp"]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{url}");
+            let text = e.to_string();
+            assert!(text.contains(expected), "{url}: {text}");
+            assert!(!text.contains("secret"), "{url}: {text}");
+        }
     }
 }

@@ -276,15 +276,34 @@ impl Capability {
 }
 
 /// Connection health, as a driver reports it through [`Provider::status`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Status {
-    /// Connected and working.
-    Connected,
+    /// Connected and working, to `node` (`host:port` of the broker node; the broker's name
+    /// for the embedded one). A move to another node of a cluster shows as `Reconnecting`
+    /// followed by `Connected` with another node.
+    Connected {
+        /// The node connected to.
+        node: String,
+    },
     /// Lost the connection; trying again.
     Reconnecting,
     /// Closed for good.
     Closed,
+}
+
+impl Status {
+    /// Whether this is [`Status::Connected`], whatever the node.
+    ///
+    /// # Examples
+    /// ```
+    /// use tidings_core::Status;
+    /// assert!(Status::Connected { node: "rabbit1:5672".into() }.is_connected());
+    /// assert!(!Status::Reconnecting.is_connected());
+    /// ```
+    pub fn is_connected(&self) -> bool {
+        matches!(self, Self::Connected { .. })
+    }
 }
 
 /// A transport driver. See the module docs for the contract.

@@ -332,9 +332,9 @@ impl Layer for MetricsLayer {
 }
 
 /// The `status` label of a connection status.
-fn status_name(status: Status) -> &'static str {
+fn status_name(status: &Status) -> &'static str {
     match status {
-        Status::Connected => "connected",
+        Status::Connected { .. } => "connected",
         Status::Reconnecting => "reconnecting",
         Status::Closed => "closed",
         #[allow(unreachable_patterns)]
@@ -357,27 +357,19 @@ pub fn watch_status(bus: &Bus) -> tokio::task::JoinHandle<()> {
     let system = bus.provider().system();
     tokio::spawn(async move {
         let up = gauge!(names::CONNECTION_UP, "system" => system);
-        let mut current = *status.borrow_and_update();
-        up.set(if current == Status::Connected {
-            1.0
-        } else {
-            0.0
-        });
+        let mut current = status.borrow_and_update().clone();
+        up.set(if current.is_connected() { 1.0 } else { 0.0 });
         while current != Status::Closed && status.changed().await.is_ok() {
-            let now = *status.borrow_and_update();
+            let now = status.borrow_and_update().clone();
             if now == current {
                 continue;
             }
             current = now;
-            up.set(if current == Status::Connected {
-                1.0
-            } else {
-                0.0
-            });
+            up.set(if current.is_connected() { 1.0 } else { 0.0 });
             counter!(
                 names::STATUS_CHANGES,
                 "system" => system,
-                "status" => status_name(current),
+                "status" => status_name(&current),
             )
             .increment(1);
         }

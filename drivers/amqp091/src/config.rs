@@ -1,9 +1,12 @@
-//! The broker URL: what lapin needs to connect, the driver's own options taken out of the query
-//! string, and a password-free form of it for logs and error messages.
+//! The broker URL: the nodes to connect to, what lapin needs for each, the driver's own options
+//! taken out of the query string, and a password-free form of it for logs and error messages.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use tidings_core::{BrokerUrl, Result};
+use tidings_core::broker_url::Node;
+use tidings_core::{BrokerUrl, Error, ErrorKind, Result};
+use tidings_plumbing::Tls;
 
 #[cfg(test)]
 use tidings_core::broker_url::{DEFAULT_EXCHANGE, DEFAULT_PUBLISH_TIMEOUT};
@@ -17,18 +20,44 @@ const LAPIN_OPTIONS: &[&str] = &[
     "auth_mechanism",
 ];
 
+/// The driver's own option choosing the type of durable queues.
+const QUEUE_TYPE: &str = "queue-type";
+
+/// The type of the queues that outlive a subscription (durable groups, dead letters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueType {
+    /// Lives on one node: lost (until that node returns) when the node dies.
+    Classic,
+    /// Replicated over the cluster's nodes (Raft): survives the loss of a minority of them.
+    Quorum,
+}
+
+impl QueueType {
+    /// The `x-queue-type` argument's value.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+}
+
 /// A parsed `amqp://` or `amqps://` URL.
 #[derive(Clone)]
 pub(crate) struct Config {
-    /// What lapin connects to: the URL without the driver's own parameters. Holds the password,
-    /// so it is never logged; use [`Config::redacted`].
-    pub(crate) lapin_uri: String,
+    /// The parsed URL without the driver's own options. Holds the password: never log it; use
+    /// [`Config::redacted`].
+    url: BrokerUrl,
+    /// TLS (`amqps://`): the `?ca=` file, handed to lapin.
+    pub(crate) tls: Option<Arc<Tls>>,
     /// The URL without its password, safe to log and to put in error messages.
     pub(crate) redacted: String,
     /// The bus's topic exchange.
     pub(crate) exchange: String,
     /// How long a publish may wait for a connection and for its confirm.
     pub(crate) publish_timeout: Duration,
+    /// The type of durable group and dead-letter queues.
+    pub(crate) queue_type: QueueType,
 }
 
 impl std::fmt::Debug for Config {
@@ -37,6 +66,7 @@ impl std::fmt::Debug for Config {
             .field("url", &self.redacted)
             .field("exchange", &self.exchange)
             .field("publish_timeout", &self.publish_timeout)
+            .field("queue_type", &self.queue_type)
             .finish()
     }
 }
@@ -44,16 +74,47 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// Parses `url`. Errors never contain the password.
     pub(crate) fn parse(url: &str) -> Result<Self> {
-        // `exchange` and `publish_timeout_ms` are taken out by the shared parser; the rest of
-        // the query is lapin's and passed through, so only the options lapin reads pass.
-        let url = BrokerUrl::parse(url, "amqp091", &["amqp", "amqps"])?;
-        url.reject_unknown(LAPIN_OPTIONS)?;
+        // `exchange` and `publish_timeout_ms` are taken out by the shared parser, `ca` by the
+        // TLS policy, `queue-type` here; the rest of the query is lapin's and passed through,
+        // so only the options lapin reads pass.
+        let mut url = BrokerUrl::parse(url, "amqp091", &["amqp", "amqps"])?;
+        let tls = Tls::from_url(&mut url, "amqps")?.map(Arc::new);
+        let queue_type =
+            match url.take(QUEUE_TYPE).as_deref() {
+                Some("quorum") => QueueType::Quorum,
+                Some("classic") => QueueType::Classic,
+                // A cluster's durable groups must survive the loss of a node; one node gains
+                // nothing from replication and pays for it on every message.
+                None if url.nodes().len() > 1 => QueueType::Quorum,
+                None => QueueType::Classic,
+                Some(other) => return Err(Error::new(
+                    ErrorKind::InvalidUrl,
+                    format!(
+                        "{QUEUE_TYPE}={other:?}: the amqp091 driver knows `classic` and `quorum`"
+                    ),
+                )),
+            };
+        let mut known = LAPIN_OPTIONS.to_vec();
+        known.extend([QUEUE_TYPE, tidings_plumbing::tls::CA_OPTION]);
+        url.reject_unknown(&known)?;
         Ok(Self {
-            lapin_uri: url.secret_url().to_owned(),
             redacted: url.redacted().to_owned(),
             exchange: url.exchange().to_owned(),
             publish_timeout: url.publish_timeout(),
+            tls,
+            queue_type,
+            url,
         })
+    }
+
+    /// The broker's nodes, as the URL lists them.
+    pub(crate) fn nodes(&self) -> &[Node] {
+        self.url.nodes()
+    }
+
+    /// What lapin connects to for `node`: its URL with the lapin options. Holds the password.
+    pub(crate) fn lapin_uri(&self, node: &Node) -> String {
+        self.url.secret_url_of(node)
     }
 }
 
@@ -69,11 +130,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.exchange, "ex1");
         assert_eq!(c.publish_timeout, Duration::from_millis(250));
-        assert!(c.lapin_uri.contains("secret"));
-        assert!(c.lapin_uri.contains("heartbeat=10"));
-        assert!(!c.lapin_uri.contains("exchange"));
+        let uri = c.lapin_uri(&c.nodes()[0]);
+        assert!(uri.contains("secret"));
+        assert!(uri.contains("heartbeat=10"));
+        assert!(!uri.contains("exchange"));
         assert!(!c.redacted.contains("secret"));
         assert!(c.redacted.contains("guest:***@localhost"));
+        assert!(!format!("{c:?}").contains("secret"));
     }
 
     #[test]
@@ -81,6 +144,43 @@ mod tests {
         let c = Config::parse("amqps://localhost").unwrap();
         assert_eq!(c.exchange, DEFAULT_EXCHANGE);
         assert_eq!(c.publish_timeout, DEFAULT_PUBLISH_TIMEOUT);
+        assert_eq!(c.queue_type, QueueType::Classic);
+        assert!(c.tls.is_some() && c.tls.as_ref().unwrap().ca().is_none());
+        assert!(Config::parse("amqp://localhost").unwrap().tls.is_none());
+    }
+
+    #[test]
+    fn a_cluster_url_uses_quorum_queues_unless_told_otherwise() {
+        let c = Config::parse("amqp://u:pw@h1:5682,h2:5683,[::1]:5684/%2f").unwrap();
+        assert_eq!(c.queue_type, QueueType::Quorum);
+        assert_eq!(c.nodes().len(), 3);
+        assert_eq!(c.lapin_uri(&c.nodes()[2]), "amqp://u:pw@[::1]:5684/%2f");
+        assert!(
+            c.redacted.contains("h1:5682,h2:5683,[::1]:5684"),
+            "{}",
+            c.redacted
+        );
+        let c = Config::parse("amqp://h1,h2/?queue-type=classic").unwrap();
+        assert_eq!(c.queue_type, QueueType::Classic);
+        let c = Config::parse("amqp://h1/?queue-type=quorum").unwrap();
+        assert_eq!(c.queue_type, QueueType::Quorum);
+        assert!(!c.lapin_uri(&c.nodes()[0]).contains("queue-type"));
+        let e = Config::parse("amqp://h1/?queue-type=stream").unwrap_err();
+        assert!(
+            e.to_string().contains("knows `classic` and `quorum`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_ca_file_is_for_amqps_only() {
+        let c = Config::parse("amqps://h/?ca=/etc/ca.pem").unwrap();
+        assert_eq!(
+            c.tls.unwrap().ca(),
+            Some(std::path::Path::new("/etc/ca.pem"))
+        );
+        let e = Config::parse("amqp://h/?ca=/etc/ca.pem").unwrap_err();
+        assert!(e.to_string().contains("only applies to amqps://"), "{e}");
     }
 
     /// `?bogus_option=1` used to be accepted silently while the other drivers refused it.
@@ -89,7 +189,8 @@ mod tests {
         let e = Config::parse("amqp://u:pw@h/?bogus_option=1&heartbeat=5").unwrap_err();
         assert!(
             e.to_string().contains("unknown url option bogus_option;")
-                && e.to_string().contains("frame_max"),
+                && e.to_string().contains("frame_max")
+                && e.to_string().contains("queue-type"),
             "{e}"
         );
         assert!(!e.to_string().contains("pw@"), "{e}");

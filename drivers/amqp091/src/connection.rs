@@ -1,17 +1,21 @@
-//! Keeping a connection: the current session, the status watch, and the supervisor that
-//! reconnects with backoff when the broker goes away.
+//! Keeping a connection: the shared reconnect supervisor (`tidings-plumbing`) over the URL's
+//! nodes, what this driver tells it (how to open a session on a node and how to tell it died),
+//! and what the provider's handles share.
 //!
 //! The supervisor only re-opens the connection (and with it the exchange and the publishing
-//! channel). Every subscription follows the sessions on its own (see `consumer`): when a new
-//! session appears it re-declares its queue and binding and consumes again, so topology and
-//! consumers come back without a central list to replay.
+//! channels), on the next live node when its node is lost. Every subscription follows the
+//! sessions on its own (see `consumer`): when a new session appears it re-declares its queue
+//! and binding and consumes again, and the request channels consume direct reply-to again for
+//! the inbox, so topology, consumers and the RPC inbox come back without a central list to
+//! replay.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidings_core::driver::Status;
-use tidings_core::{Error, ErrorKind, Result};
+use tidings_core::{async_trait, broker_url::Node, Error, ErrorKind, Result};
+use tidings_plumbing::{Connector, Current, NotLive, Settings, Supervisor};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -20,24 +24,52 @@ use crate::config::Config;
 use crate::inbox::ReplyFeed;
 use crate::session::Session;
 
-/// The first reconnect delay; it doubles up to [`MAX_BACKOFF`].
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often the supervisor looks at the connection when nobody reported a problem.
+/// How often a session is checked when nobody reported a problem: lapin has no "closed"
+/// event to wait for.
 const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+/// How long opening a connection to one node may take before the next is tried.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The connection in use, as handles see it: a [`Session`] with its generation and node.
+pub(crate) type Live = Current<Session>;
+
+/// What the supervisor needs of this driver.
+struct Opener {
+    config: Config,
+    /// Woken by [`Shared::report_lost`]: look at the session now rather than at the next tick.
+    check: Arc<Notify>,
+}
+
+#[async_trait]
+impl Connector for Opener {
+    type Live = Session;
+    type Owned = ();
+
+    async fn open(&self, node: &Node) -> Result<(Session, ())> {
+        Session::open(&self.config, node).await.map(|s| (s, ()))
+    }
+
+    async fn run(&self, current: Arc<Live>, (): (), shutdown: CancellationToken) {
+        while current.is_connected() {
+            tokio::select! {
+                _ = current.lost().cancelled() => break,
+                _ = shutdown.cancelled() => break,
+                _ = self.check.notified() => {}
+                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+            }
+        }
+    }
+}
 
 /// State shared by the provider, its consumers and its supervisor.
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    session: watch::Sender<Option<Arc<Session>>>,
-    status: watch::Sender<Status>,
+    supervisor: Arc<Supervisor<Opener>>,
+    check: Arc<Notify>,
     /// Cancelled by `close` and `abort`.
     pub(crate) closing: CancellationToken,
     /// Set by `abort`: settlements are refused, as if the process had died.
     pub(crate) aborted: AtomicBool,
-    /// Wakes the supervisor when someone saw the connection fail.
-    lost: Notify,
-    generation: AtomicU64,
     in_flight: AtomicUsize,
     flushed: Notify,
     /// Where request channels hand their reply consumers, once the inbox is open.
@@ -48,67 +80,57 @@ impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
             .field("config", &self.config)
-            .field("status", &*self.status.borrow())
+            .field("supervisor", &self.supervisor)
             .finish_non_exhaustive()
     }
 }
 
 impl Shared {
-    /// Connects for the first time; fails at once if the broker cannot be reached.
+    /// Connects to one of the URL's nodes; fails at once if none can be reached.
     pub(crate) async fn connect(config: Config) -> Result<Arc<Self>> {
-        let first = Session::open(&config, 1).await?;
-        tracing::info!(url = %config.redacted, exchange = %config.exchange, "connected to RabbitMQ");
-        let shared = Arc::new(Self {
+        let check = Arc::new(Notify::new());
+        let settings = Settings {
+            broker: "RabbitMQ (AMQP 0.9.1)",
+            redacted: config.redacted.clone(),
+            open_timeout: OPEN_TIMEOUT,
+        };
+        let opener = Opener {
+            config: config.clone(),
+            check: check.clone(),
+        };
+        let supervisor = Supervisor::start(opener, config.nodes(), settings).await?;
+        Ok(Arc::new(Self {
             config,
-            session: watch::Sender::new(Some(first.clone())),
-            status: watch::Sender::new(Status::Connected),
+            supervisor,
+            check,
             closing: CancellationToken::new(),
             aborted: AtomicBool::new(false),
-            lost: Notify::new(),
-            generation: AtomicU64::new(1),
             in_flight: AtomicUsize::new(0),
             flushed: Notify::new(),
             replies: Mutex::new(None),
-        });
-        tokio::spawn(supervise(Arc::downgrade(&shared), first));
-        Ok(shared)
+        }))
     }
 
-    /// The status watch.
+    /// The status watch; `Connected` names the node.
     pub(crate) fn status(&self) -> watch::Receiver<Status> {
-        self.status.subscribe()
+        self.supervisor.status()
     }
 
-    /// Tells the supervisor the connection looks broken (it checks and reconnects).
+    /// Tells the supervisor the connection looks broken (it checks, and reconnects if so).
     pub(crate) fn report_lost(&self) {
-        self.lost.notify_one();
+        self.check.notify_one();
     }
 
     /// Waits for a live session newer than generation `after` until `deadline`.
-    pub(crate) async fn session_after(
-        &self,
-        after: u64,
-        deadline: Instant,
-    ) -> Result<Arc<Session>> {
-        let mut rx = self.session.subscribe();
+    pub(crate) async fn session_after(&self, after: u64, deadline: Instant) -> Result<Arc<Live>> {
         loop {
             if self.closing.is_cancelled() {
                 return Err(closed());
             }
-            let candidate = rx.borrow_and_update().clone();
-            if let Some(session) = candidate {
-                if session.generation > after {
-                    if session.is_connected() {
-                        return Ok(session);
-                    }
-                    self.report_lost();
-                }
-            }
-            tokio::select! {
-                _ = rx.changed() => {}
-                _ = self.closing.cancelled() => return Err(closed()),
-                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
-                _ = tokio::time::sleep_until(deadline) => {
+            let session = match self.supervisor.current_after(after, Some(deadline)).await {
+                Ok(session) => session,
+                Err(NotLive::Closed) => return Err(closed()),
+                Err(NotLive::TimedOut) => {
                     return Err(Error::new(
                         ErrorKind::Connection,
                         format!(
@@ -120,6 +142,16 @@ impl Shared {
                         ),
                     ))
                 }
+            };
+            if session.is_connected() {
+                return Ok(session);
+            }
+            // Dead but not noticed yet: have it noticed, and wait for the replacement.
+            self.report_lost();
+            tokio::select! {
+                _ = session.lost().cancelled() => {}
+                _ = self.closing.cancelled() => return Err(closed()),
+                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
             }
         }
     }
@@ -171,6 +203,11 @@ impl Shared {
         }
     }
 
+    /// Stops reconnecting: the current connection goes with its last handle.
+    pub(crate) fn stop_supervising(&self) {
+        self.supervisor.shutdown();
+    }
+
     /// Ends the connection for good.
     pub(crate) async fn shut(&self, aborted: bool) {
         if aborted {
@@ -182,8 +219,8 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        let session = self.session.send_replace(None);
-        self.status.send_replace(Status::Closed);
+        let session = self.supervisor.current();
+        self.supervisor.shutdown();
         if let Some(session) = session {
             session.close().await;
         }
@@ -203,64 +240,4 @@ impl Drop for InFlight {
 
 pub(crate) fn closed() -> Error {
     Error::new(ErrorKind::Closed, "this amqp:// connection is closed")
-}
-
-/// Watches the session and replaces it when it dies. Holds the shared state weakly, so
-/// dropping the provider ends the supervisor.
-async fn supervise(shared: std::sync::Weak<Shared>, mut session: Arc<Session>) {
-    loop {
-        // Wait for the current session to die.
-        loop {
-            let Some(s) = shared.upgrade() else { return };
-            if s.closing.is_cancelled() {
-                return;
-            }
-            if !session.is_connected() {
-                break;
-            }
-            let closing = s.closing.clone();
-            let lost = async { s.lost.notified().await };
-            tokio::select! {
-                _ = closing.cancelled() => return,
-                _ = lost => {}
-                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
-            }
-        }
-        let Some(s) = shared.upgrade() else { return };
-        tracing::warn!(url = %s.config.redacted, "lost the connection to RabbitMQ; reconnecting");
-        s.session.send_replace(None);
-        s.status.send_replace(Status::Reconnecting);
-        let closing = s.closing.clone();
-        drop(s);
-        let mut backoff = MIN_BACKOFF;
-        loop {
-            let Some(s) = shared.upgrade() else { return };
-            if closing.is_cancelled() {
-                return;
-            }
-            let generation = s.generation.fetch_add(1, Ordering::AcqRel) + 1;
-            match Session::open(&s.config, generation).await {
-                Ok(fresh) => {
-                    if closing.is_cancelled() {
-                        fresh.close().await;
-                        return;
-                    }
-                    tracing::info!(url = %s.config.redacted, generation, "reconnected to RabbitMQ");
-                    session = fresh.clone();
-                    s.session.send_replace(Some(fresh));
-                    s.status.send_replace(Status::Connected);
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "reconnect failed");
-                }
-            }
-            drop(s);
-            tokio::select! {
-                _ = closing.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
-    }
 }

@@ -28,20 +28,19 @@ use lapin::{Acker, BasicProperties, Channel};
 use tidings_core::driver::{Completion, Consumer, Delivery, Outcome, Settle};
 use tidings_core::envelope::now_ms;
 use tidings_core::{async_trait, Error, ErrorKind, Result};
+use tidings_plumbing::Backoff;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::connection::{closed, Shared};
+use crate::connection::{closed, Live, Shared};
 use crate::errors::transport;
 use crate::publisher::{publish, Target};
 use crate::session::Session;
 use crate::topology::{bind, declare_queue, short, QueueKind};
 use crate::wire;
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long `cancel` waits for the broker before it gives up politely.
 const STOP_WAIT: Duration = Duration::from_secs(5);
 
@@ -145,7 +144,8 @@ async fn start(
                     e,
                 )
             })?;
-        let queue = declare_queue(&channel, &spec.queue, &spec.kind).await?;
+        let queue =
+            declare_queue(&channel, &spec.queue, &spec.kind, shared.config.queue_type).await?;
         if let Some(pattern) = &spec.pattern {
             bind(&channel, &queue, &shared.config.exchange, pattern).await?;
         }
@@ -202,12 +202,12 @@ async fn follow(
     shared: Arc<Shared>,
     state: Arc<State>,
     tx: mpsc::UnboundedSender<Started>,
-    first: Arc<Session>,
+    first: Arc<Live>,
 ) {
     let mut session = first;
     let mut id = 1;
     let mut ended = state.ended.subscribe();
-    let mut backoff = MIN_BACKOFF;
+    let mut backoff = Backoff::new();
     let forever = Instant::now() + Duration::from_secs(86_400 * 365);
     loop {
         // Wait for the running consumer (number `id` on `session`) to end.
@@ -258,11 +258,12 @@ async fn follow(
                         return;
                     }
                     session = next;
-                    backoff = MIN_BACKOFF;
+                    backoff = Backoff::new();
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot resume a subscription");
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "cannot resume a subscription");
                     after = if next.is_connected() {
                         next.generation - 1
                     } else {
@@ -270,9 +271,8 @@ async fn follow(
                     };
                     tokio::select! {
                         _ = state.cancelled.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(wait) => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }

@@ -206,5 +206,6 @@ impl Drop for AmqpProvider {
         // Stops the supervisor and the subscriptions; lapin closes the socket when the last
         // handle goes.
         self.shared.closing.cancel();
+        self.shared.stop_supervising();
     }
 }

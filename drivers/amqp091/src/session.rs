@@ -16,12 +16,17 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    DefaultConnectionBuilder,
+};
+use tidings_core::broker_url::Node;
 use tidings_core::{ErrorKind, Result};
 
 use crate::config::Config;
@@ -137,8 +142,6 @@ impl MandatorySlot {
 
 /// One live connection.
 pub(crate) struct Session {
-    /// Counts sessions of one provider; consumers follow it to notice a reconnect.
-    pub(crate) generation: u64,
     pub(crate) connection: Connection,
     publisher: ConfirmChannel,
     /// Serialises lapin's "register confirm + queue frames" step (see the module docs).
@@ -151,30 +154,41 @@ pub(crate) struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("generation", &self.generation)
-            .finish_non_exhaustive()
+        f.debug_struct("Session").finish_non_exhaustive()
     }
 }
 
 impl Session {
-    /// Connects, declares the exchange and opens the publishing channel.
-    pub(crate) async fn open(config: &Config, generation: u64) -> Result<Arc<Self>> {
+    /// Connects to `node`, declares the exchange and opens the publishing channel.
+    pub(crate) async fn open(config: &Config, node: &Node) -> Result<Self> {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("tidings ({})", config.exchange).into());
-        let connection = Connection::connect(&config.lapin_uri, properties)
-            .await
-            .map_err(|e| {
-                transport(
-                    ErrorKind::Connection,
-                    format!(
-                        "cannot connect to {}: {e}; check that RabbitMQ runs there and that the \
-                         user, password and vhost are right",
-                        config.redacted
-                    ),
-                    e,
-                )
-            })?;
+        let cert_chain = match &config.tls {
+            Some(tls) => tls.ca_pem()?,
+            None => None,
+        };
+        let connect = async {
+            DefaultConnectionBuilder::new()?
+                .with_uri_str(config.lapin_uri(node))
+                .with_properties(properties)
+                .with_tls_config(OwnedTLSConfig {
+                    identity: None,
+                    cert_chain,
+                })
+                .connect()
+                .await
+        };
+        let connection = connect.await.map_err(|e| {
+            transport(
+                ErrorKind::Connection,
+                format!(
+                    "cannot connect to RabbitMQ node {node} of {}: {e}; check that RabbitMQ runs \
+                     there and that the user, password and vhost are right",
+                    config.redacted
+                ),
+                e,
+            )
+        })?;
         let channel = connection.create_channel().await.map_err(|e| {
             transport(
                 ErrorKind::Connection,
@@ -193,8 +207,7 @@ impl Session {
                     e,
                 )
             })?;
-        Ok(Arc::new(Self {
-            generation,
+        Ok(Self {
             connection,
             publisher: ConfirmChannel::new(channel),
             send_order: Mutex::new(()),
@@ -203,7 +216,7 @@ impl Session {
                 .collect(),
             next_mandatory: AtomicUsize::new(0),
             declared: Mutex::new(Default::default()),
-        }))
+        })
     }
 
     /// Whether the connection is still up.

@@ -4,6 +4,8 @@
 //! buses on different exchanges never share a queue:
 //! - group `g`: `<exchange>.group.g` (durable, or auto-delete for `durable: false`);
 //! - dead letters of `d`: `<exchange>.dead.d` (durable);
+//! - durable groups and dead letters are quorum queues with `?queue-type=quorum` (the default
+//!   for a URL of several nodes), classic queues otherwise;
 //! - broadcast: a server-named exclusive auto-delete queue (`amq.gen-...`);
 //! - no RPC inbox queue: replies use RabbitMQ's direct reply-to (see `inbox`).
 //!
@@ -12,15 +14,21 @@
 //! reported with the queue's name and the broker's description of the difference.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 use std::sync::Arc;
 
 use tidings_core::{Error, ErrorKind, Result};
 use tokio::time::Instant;
 
+use crate::config::QueueType;
 use crate::connection::Shared;
 use crate::errors::transport;
+
+/// The delivery limit declared on quorum queues: out of reach, so RabbitMQ never drops or
+/// dead-letters a message on its own (the largest value its 32-bit argument takes; `-1`, which
+/// RabbitMQ 4 reads as "no limit", is not understood so by RabbitMQ 3).
+const DELIVERY_LIMIT: i32 = i32::MAX;
 
 /// The kinds of queue the driver uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +61,30 @@ impl QueueKind {
                 ..QueueDeclareOptions::default()
             },
         }
+    }
+
+    /// Whether the queue outlives its subscribers, and so takes the URL's queue type.
+    fn lasting(&self) -> bool {
+        matches!(self, Self::Group { durable: true } | Self::DeadLetters)
+    }
+
+    /// The declaration's arguments: a lasting queue of a quorum URL is a quorum queue whose
+    /// delivery limit is set explicitly out of reach. Attempts and dead letters are tidings'
+    /// policy (a quorum queue's `x-delivery-count` counts as attempts, see `wire`); RabbitMQ's
+    /// own limit (a default of 20 on RabbitMQ 4) would drop or dead-letter behind its back.
+    fn arguments(&self, queue_type: QueueType) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if self.lasting() && queue_type == QueueType::Quorum {
+            arguments.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString(queue_type.name().into()),
+            );
+            arguments.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongInt(DELIVERY_LIMIT),
+            );
+        }
+        arguments
     }
 
     fn describe(&self) -> &'static str {
@@ -120,13 +152,29 @@ pub(crate) async fn declare_queue(
     channel: &Channel,
     name: &str,
     kind: &QueueKind,
+    queue_type: QueueType,
 ) -> Result<String> {
     let queue = channel
-        .queue_declare(short("queue name", name)?, kind.options(), FieldTable::default())
+        .queue_declare(
+            short("queue name", name)?,
+            kind.options(),
+            kind.arguments(queue_type),
+        )
         .await
         .map_err(|e| {
             let shown = if name.is_empty() { "(server-named)" } else { name };
-            let hint = if e.to_string().contains("PRECONDITION_FAILED") {
+            let wanted = if kind.lasting() {
+                queue_type.name()
+            } else {
+                QueueType::Classic.name()
+            };
+            let hint = if let Some(existing) = existing_type(&e.to_string()) {
+                format!(
+                    "; the queue already exists as a {existing} queue and this url declares \
+                     {wanted} queues: use ?queue-type={existing}, or move its messages and \
+                     delete it (rabbitmqctl delete_queue {shown})"
+                )
+            } else if e.to_string().contains("PRECONDITION_FAILED") {
                 format!(
                     "; the queue already exists with other settings than {}: delete it \
                      (rabbitmqctl delete_queue {shown}) or subscribe with the settings it was made with",
@@ -144,6 +192,19 @@ pub(crate) async fn declare_queue(
             )
         })?;
     Ok(queue.name().as_str().to_owned())
+}
+
+/// The type of an existing queue, from the broker's refusal of a declaration of another type:
+/// `inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received the value 'quorum' of
+/// type 'longstr' but current is none` (no argument: classic).
+fn existing_type(refusal: &str) -> Option<String> {
+    let (_, about_type) = refusal.split_once("inequivalent arg 'x-queue-type'")?;
+    let (_, current) = about_type.split_once("but current is ")?;
+    if current.starts_with("none") {
+        return Some(QueueType::Classic.name().to_owned());
+    }
+    let value = current.split('\'').nth(1)?;
+    Some(value.to_owned())
 }
 
 /// Binds `queue` to the exchange with a topic pattern (tidings patterns are AMQP topic patterns).
@@ -186,7 +247,13 @@ pub(crate) async fn ensure_dead_queue(shared: &Arc<Shared>, queue: &str) -> Resu
                 e,
             )
         })?;
-        let declared = declare_queue(&channel, queue, &QueueKind::DeadLetters).await;
+        let declared = declare_queue(
+            &channel,
+            queue,
+            &QueueKind::DeadLetters,
+            shared.config.queue_type,
+        )
+        .await;
         if channel.status().connected() {
             let _ = channel.close(200, "declared".into()).await;
         }
@@ -197,4 +264,47 @@ pub(crate) async fn ensure_dead_queue(shared: &Arc<Shared>, queue: &str) -> Resu
         session.forget_declared(queue);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_existing_type_is_read_from_the_refusal() {
+        let classic = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in \
+                       vhost '/': received the value 'quorum' of type 'longstr' but current is none";
+        assert_eq!(existing_type(classic).as_deref(), Some("classic"));
+        let quorum = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in \
+                      vhost '/': received none but current is the value 'quorum' of type 'longstr'";
+        assert_eq!(existing_type(quorum).as_deref(), Some("quorum"));
+        assert_eq!(
+            existing_type("PRECONDITION_FAILED - inequivalent arg 'durable'"),
+            None
+        );
+    }
+
+    #[test]
+    fn only_lasting_queues_of_a_quorum_url_are_quorum_queues() {
+        let quorum = QueueKind::Group { durable: true }.arguments(QueueType::Quorum);
+        assert_eq!(
+            quorum.inner().get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(
+            quorum.inner().get("x-delivery-limit"),
+            Some(&AMQPValue::LongInt(i32::MAX))
+        );
+        assert!(QueueKind::DeadLetters
+            .arguments(QueueType::Quorum)
+            .inner()
+            .contains_key("x-queue-type"));
+        for kind in [QueueKind::Broadcast, QueueKind::Group { durable: false }] {
+            assert!(kind.arguments(QueueType::Quorum).inner().is_empty());
+        }
+        assert!(QueueKind::Group { durable: true }
+            .arguments(QueueType::Classic)
+            .inner()
+            .is_empty());
+    }
 }

@@ -28,6 +28,10 @@ pub(crate) const TTL_NS: &str = "tidings-ttl-ns";
 /// (retries, requeues, dead letters, RPC replies), whose AMQP routing key is the queue name.
 pub(crate) const ROUTING_KEY: &str = "tidings-routing-key";
 
+/// Set by a RabbitMQ quorum queue on a redelivered message: how many times it was delivered
+/// and not settled before.
+const DELIVERY_COUNT: &str = "x-delivery-count";
+
 /// AMQP delivery mode 2: the broker writes the message to disk in durable queues.
 const PERSISTENT: u8 = 2;
 /// AMQP delivery mode 1: kept in memory only.
@@ -125,7 +129,9 @@ fn expiration_ms(envelope: &Envelope, ttl: Duration) -> u64 {
 }
 
 /// The envelope of a received message. `redelivered` (the broker's flag: the message was
-/// delivered before to a consumer that went away without settling it) counts as one attempt.
+/// delivered before to a consumer that went away without settling it) counts as one attempt;
+/// a quorum queue's `x-delivery-count` (how many times it was) counts as that many, so a
+/// message that keeps crashing its consumers reaches its attempt limit.
 pub(crate) fn decode(
     properties: &BasicProperties,
     routing_key: &str,
@@ -142,6 +148,7 @@ pub(crate) fn decode(
         .and_then(|e| e.as_str().parse::<u64>().ok())
         .map(Duration::from_millis);
     let mut key = routing_key.to_owned();
+    let mut redeliveries = 0u32;
     if let Some(table) = properties.headers() {
         for (name, value) in table {
             match name.as_str() {
@@ -161,15 +168,18 @@ pub(crate) fn decode(
                     }
                 }
                 ROUTING_KEY => key = as_text(value),
+                DELIVERY_COUNT => {
+                    if let Some(n) = as_u64(value) {
+                        redeliveries = n.min(u32::MAX as u64) as u32;
+                    }
+                }
                 other => {
                     headers.insert(other.to_owned(), as_text(value));
                 }
             }
         }
     }
-    if redelivered {
-        attempt = attempt.saturating_add(1);
-    }
+    attempt = attempt.saturating_add(redeliveries.max(u32::from(redelivered)));
     Envelope {
         id: text(properties.message_id()).unwrap_or_default(),
         routing_key: key,

@@ -52,7 +52,7 @@ impl Config {
     pub(crate) fn parse(url: &str) -> Result<Self> {
         let mut url = BrokerUrl::parse(url, "amqp10", &["amqp10", "amqp10s"])?;
         let tls = url.scheme() == "amqp10s";
-        let host = url.host().to_owned();
+        let host = url.nodes()[0].host().to_owned();
         let management = url
             .take("management")
             .filter(|m| !m.is_empty())
@@ -64,7 +64,7 @@ impl Config {
         url.reject_unknown(&["management", "dialect"])?;
         Ok(Config {
             host,
-            port: url.port_or(if tls { 5671 } else { 5672 }),
+            port: url.nodes()[0].port_or(if tls { 5671 } else { 5672 }),
             tls,
             username: url.username(),
             password: url.password(),

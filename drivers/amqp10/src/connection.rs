@@ -237,7 +237,9 @@ impl Shared {
                 begin,
             });
             self.live.send_replace(Some(live.clone()));
-            self.status.send_replace(Status::Connected);
+            self.status.send_replace(Status::Connected {
+                node: self.config.address(),
+            });
             let lost = loop {
                 tokio::select! {
                     _ = self.shutdown.cancelled() => break false,

@@ -158,7 +158,9 @@ impl MemoryProvider {
             id: next_id(),
             closed: AtomicBool::new(false),
             consumers: Mutex::new(Vec::new()),
-            status: watch::Sender::new(Status::Connected),
+            status: watch::Sender::new(Status::Connected {
+                node: format!("memory://{name}"),
+            }),
             inbox: InboxAddress::default(),
             replies: ReplySlot::default(),
         }

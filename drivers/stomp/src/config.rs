@@ -102,9 +102,9 @@ impl Config {
         let persistent = url.take_bool("persistent")?.unwrap_or(true);
         url.reject_unknown(&["dialect", "heartbeat_ms", "persistent", "ca"])?;
         Ok(Config {
-            host: url.host().to_owned(),
+            host: url.nodes()[0].host().to_owned(),
             // The ports RabbitMQ's STOMP plugin listens on (plain, TLS) by default.
-            port: url.port_or(if tls { 61614 } else { 61613 }),
+            port: url.nodes()[0].port_or(if tls { 61614 } else { 61613 }),
             login: url.username(),
             passcode: url.password(),
             vhost: url.vhost(),

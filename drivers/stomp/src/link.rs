@@ -310,7 +310,9 @@ impl PendingLink {
     /// Starts the supervisor.
     pub(crate) fn start(self, config: Config, nack_orphans: bool) -> Link {
         let (closing, rx) = mpsc::unbounded_channel();
-        let (status_tx, status) = watch::channel(Status::Connected);
+        let (status_tx, status) = watch::channel(Status::Connected {
+            node: config.address(),
+        });
         let (stop, stop_rx) = watch::channel(false);
         let settings = Settings {
             config,
@@ -487,7 +489,7 @@ impl Link {
         let mut status = self.status.clone();
         let _ = tokio::time::timeout_at(
             deadline,
-            status.wait_for(|s| matches!(s, Status::Connected | Status::Closed)),
+            status.wait_for(|s| matches!(s, Status::Connected { .. } | Status::Closed)),
         )
         .await;
     }
@@ -847,7 +849,9 @@ async fn run_session(
     if let Err(e) = shared.flush().await {
         return Ended::Lost(format!("re-subscribing failed: {e}"));
     }
-    status.send_replace(Status::Connected);
+    status.send_replace(Status::Connected {
+        node: settings.config.address(),
+    });
     let (orphans_tx, mut orphans) = mpsc::unbounded_channel::<String>();
     let disconnecting = AtomicBool::new(false);
 

@@ -172,7 +172,7 @@ async fn connection_cut_while_10k_flow_to_a_group(broker: Broker) {
     proxy.cut(Duration::from_millis(500)).await;
     let saw_reconnecting = tokio::time::timeout(
         Duration::from_secs(5),
-        status.wait_for(|s| *s != Status::Connected),
+        status.wait_for(|s| !s.is_connected()),
     )
     .await
     .is_ok();
@@ -245,7 +245,9 @@ async fn idle_connection_with_heart_beats_stays_up(broker: Broker) {
         let seen = seen.clone();
         tokio::spawn(async move {
             while status.changed().await.is_ok() {
-                seen.lock().unwrap().push(*status.borrow_and_update());
+                seen.lock()
+                    .unwrap()
+                    .push(status.borrow_and_update().clone());
             }
         })
     };
