@@ -32,6 +32,9 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "system")]
+pub mod system;
+
 pub use tidings_core::broker_url::redact;
 pub use tidings_core::*;
 

@@ -16,6 +16,7 @@ use crate::layer::Kind;
 use crate::message::{decode, HandlerResult, Message, Payload};
 use crate::routing::{Pattern, RoutingKey};
 
+mod declare;
 pub(crate) mod handler;
 pub(crate) mod settings;
 mod worker;
@@ -128,6 +129,32 @@ pub(crate) async fn start<H: Handler>(
             "the bus is shutting down; cannot subscribe",
         ));
     }
+    let (spec, from) = spec_of(&settings)?;
+    let active = settings.active_when.clone();
+    let first = if active.as_ref().is_none_or(|guard| guard()) {
+        Some(bus.shared.provider.subscribe(spec.clone()).await?)
+    } else {
+        None
+    };
+    let stop = bus.shared.stopping.child_token();
+    let worker = Worker {
+        bus: bus.clone(),
+        kind,
+        subscription: Arc::from(settings.pattern.as_str()),
+        group: settings.group.as_deref().map(Arc::from),
+        spec,
+        handler,
+        from,
+        settings,
+        stop: stop.clone(),
+    };
+    // Tracked, so shutdown waits for the loop and its in-flight handlers.
+    let task = bus.shared.tasks.spawn(worker.run(first));
+    Ok(Subscription { stop, task })
+}
+
+/// What the driver is asked for by `settings`, and the emitter filter; validates both.
+pub(crate) fn spec_of(settings: &Settings) -> Result<(SubscribeSpec, Option<Pattern>)> {
     let pattern = Pattern::new(&settings.pattern)?;
     let from = settings.from.as_deref().map(Pattern::new).transpose()?;
     let mode = match &settings.group {
@@ -150,28 +177,10 @@ pub(crate) async fn start<H: Handler>(
         .prefetch
         .unwrap_or(32)
         .max(settings.concurrency.min(u16::MAX as usize) as u16);
-    let spec = SubscribeSpec::new(pattern, mode, prefetch, dead_letter_queue);
-    let active = settings.active_when.clone();
-    let first = if active.as_ref().is_none_or(|guard| guard()) {
-        Some(bus.shared.provider.subscribe(spec.clone()).await?)
-    } else {
-        None
-    };
-    let stop = bus.shared.stopping.child_token();
-    let worker = Worker {
-        bus: bus.clone(),
-        kind,
-        subscription: Arc::from(settings.pattern.as_str()),
-        group: settings.group.as_deref().map(Arc::from),
-        spec,
-        handler,
+    Ok((
+        SubscribeSpec::new(pattern, mode, prefetch, dead_letter_queue),
         from,
-        settings,
-        stop: stop.clone(),
-    };
-    // Tracked, so shutdown waits for the loop and its in-flight handlers.
-    let task = bus.shared.tasks.spawn(worker.run(first));
-    Ok(Subscription { stop, task })
+    ))
 }
 
 pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
