@@ -1,33 +1,46 @@
-//! tidings on RabbitMQ against a plain lapin program doing the same work, in one run on the
-//! same broker (`TIDINGS_AMQP091_URL`, default the local RabbitMQ):
+//! tidings on RabbitMQ against the fastest plain lapin program that keeps the same promises,
+//! in one run on the same broker (`TIDINGS_AMQP091_URL`, default the local RabbitMQ):
 //!
-//! 1. throughput: 100,000 messages of 128 bytes, persistent, publisher confirms (256 in
-//!    flight), one consumer with manual acks and prefetch 256; from the first publish to the
-//!    last ack;
+//! 1. throughput: 100,000 messages of 128 bytes, persistent, into a durable queue through a
+//!    topic exchange, publisher confirms with 256 publishes in flight on both sides (plain:
+//!    a sliding window of `basic_publish` + confirm futures, as tidings keeps), one consumer
+//!    with manual acks (each acked after it is handled) and prefetch 256; from the first publish
+//!    to the last ack; the client's CPU time per message (user + system, whole process) beside
+//!    the rate;
 //! 2. RPC: 10,000 sequential calls, p50 and p99, every side with direct reply-to
 //!    (`amq.rabbitmq.reply-to`): plain lapin "bare" (requests straight to a queue, no
 //!    confirms: the fastest plain RPC it has), plain lapin "guarded" (what tidings promises:
 //!    confirmed, mandatory requests with an expiration through a topic exchange to a durable
 //!    queue, the reply confirmed before the request is acked), and tidings.
 //!
-//! Run: `cargo bench -p tidings-amqp091 --bench vs_lapin`
-//! (`-- --messages N --calls N --rounds N` for other sizes, `--messages 0` for RPC only; rounds
-//! alternate the sides and the median ratio is the result).
+//! Every round runs every side; the order alternates (rotates for the three RPC programs) from
+//! round to round, and the summary is the median over the rounds with the range (min–max).
+//!
+//! Run: `cargo bench -p tidings-amqp091 --bench vs_lapin`. Options (after `--`):
+//! `--messages N` (0: RPC only), `--calls N` (0: throughput only), `--rounds N` (default 10),
+//! `--side plain|tidings` (one side only, for callgrind or perf), `--publish-only` (no consumer:
+//! the messages stay in the durable queue until it is deleted; measures the publish path),
+//! `--plain-metadata` (the plain messages carry what tidings adds on the wire: a tidings-style
+//! message id, the timestamp property and the `tidings-timestamp-ms` header), `--no-warmup`.
+
+#[path = "../../bench_support.rs"]
+mod bench_support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::FuturesUnordered;
+use bench_support::{order, p50_p99_ms, process_cpu, Phase, Series};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use tidings_core::driver::PublishOptions;
+use tidings_core::envelope::{new_id, now_ms};
 use tidings_core::{Bus, Bytes, Envelope};
 use tokio::sync::Notify;
 
@@ -49,12 +62,33 @@ fn arg(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+fn text_arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+fn flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
 fn tag() -> String {
     tidings_conformance::support::unique_tag()
 }
 
-/// Messages per second through tidings.
-async fn tidings_throughput(n: usize) -> f64 {
+/// What a throughput run does besides publishing.
+#[derive(Clone, Copy)]
+struct Throughput {
+    /// A consumer takes every message (else they stay queued: the publish path alone).
+    consume: bool,
+    /// The plain messages carry tidings' metadata.
+    plain_metadata: bool,
+}
+
+/// Messages per second and client CPU µs per message through tidings.
+async fn tidings_throughput(n: usize, how: Throughput) -> (f64, f64) {
     let exchange = format!("bench-tidings-{}", tag());
     let bus = Bus::new(
         tidings_amqp091::connect(&format!("{}?exchange={exchange}", url()))
@@ -80,9 +114,16 @@ async fn tidings_throughput(n: usize) -> f64 {
         })
         .await
         .expect("subscribe");
+    let sub = if how.consume {
+        Some(sub)
+    } else {
+        // The durable group queue stays, bound, without a consumer.
+        sub.unsubscribe().await;
+        None
+    };
     let body = Bytes::from(vec![7u8; BODY]);
-    let start = Instant::now();
     let options = PublishOptions::default();
+    let phase = Phase::start();
     futures::stream::iter(0..n)
         .map(|_| {
             let envelope = Envelope::new("bench.item", "application/octet-stream", body.clone());
@@ -91,16 +132,21 @@ async fn tidings_throughput(n: usize) -> f64 {
         .buffer_unordered(WINDOW)
         .for_each(|r| async move { r.expect("publish") })
         .await;
-    done.notified().await;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    sub.unsubscribe().await;
+    if how.consume {
+        done.notified().await;
+    }
+    let measured = phase.per_item(n);
+    if let Some(sub) = sub {
+        sub.unsubscribe().await;
+    }
     bus.shutdown().await.ok();
     cleanup(&exchange, &[format!("{exchange}.group.{group}")]).await;
-    rate
+    measured
 }
 
-/// Messages per second through plain lapin doing the same.
-async fn lapin_throughput(n: usize) -> f64 {
+/// Messages per second and client CPU µs per message through plain lapin doing the same: its
+/// publishes pipelined (256 confirms in flight), like tidings'.
+async fn lapin_throughput(n: usize, how: Throughput) -> (f64, f64) {
     let exchange = format!("bench-lapin-{}", tag());
     let queue = format!("{exchange}.q");
     let conn = Connection::connect(&url(), ConnectionProperties::default())
@@ -128,64 +174,80 @@ async fn lapin_throughput(n: usize) -> f64 {
         .await
         .unwrap();
     declare_bound(&consumer_channel, &exchange, &queue, "bench.#").await;
-    let mut consumer = consumer_channel
-        .basic_consume(
-            queue.as_str().into(),
-            "bench".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let reader = tokio::spawn(async move {
-        let mut count = 0;
-        while let Some(Ok(delivery)) = consumer.next().await {
-            delivery.ack(BasicAckOptions::default()).await.unwrap();
-            count += 1;
-            if count == n {
-                break;
-            }
-        }
-    });
-    let body = vec![7u8; BODY];
-    let start = Instant::now();
-    let mut in_flight: FuturesUnordered<lapin::PublisherConfirm> = FuturesUnordered::new();
-    for i in 0..n {
-        if in_flight.len() >= WINDOW {
-            in_flight.next().await.unwrap().unwrap();
-        }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(i.to_string().into())
-            .with_content_type("application/octet-stream".into());
-        let confirm = publisher
-            .basic_publish(
-                exchange.as_str().into(),
-                "bench.item".into(),
-                BasicPublishOptions::default(),
-                &body,
-                properties,
+    let reader = if how.consume {
+        let mut consumer = consumer_channel
+            .basic_consume(
+                queue.as_str().into(),
+                "bench".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
             )
             .await
             .unwrap();
-        in_flight.push(confirm);
+        Some(tokio::spawn(async move {
+            let mut count = 0;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+                count += 1;
+                if count == n {
+                    break;
+                }
+            }
+        }))
+    } else {
+        None
+    };
+    let body = vec![7u8; BODY];
+    let (publisher, body, exchange_ref) = (&publisher, &body, &exchange);
+    let phase = Phase::start();
+    futures::stream::iter(0..n)
+        .map(|i| async move {
+            let properties = if how.plain_metadata {
+                // What tidings' envelope puts on the wire (see wire::encode).
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    "tidings-timestamp-ms".into(),
+                    AMQPValue::LongLongInt(now_ms() as i64),
+                );
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(new_id().into())
+                    .with_timestamp(now_ms() / 1000)
+                    .with_content_type("application/octet-stream".into())
+                    .with_headers(headers)
+            } else {
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(i.to_string().into())
+                    .with_content_type("application/octet-stream".into())
+            };
+            publisher
+                .basic_publish(
+                    exchange_ref.as_str().into(),
+                    "bench.item".into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await?
+                .await
+        })
+        .buffer_unordered(WINDOW)
+        .for_each(|confirmed| async move {
+            assert!(confirmed.expect("publish").is_ack(), "broker nacked");
+        })
+        .await;
+    if let Some(reader) = reader {
+        reader.await.unwrap();
     }
-    while let Some(confirm) = in_flight.next().await {
-        confirm.unwrap();
-    }
-    reader.await.unwrap();
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let measured = phase.per_item(n);
     let _ = conn.close(200, "bench".into()).await;
     cleanup(&exchange, &[queue]).await;
-    rate
+    measured
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// Sequential call latencies through tidings.
-async fn tidings_rpc(calls: usize) -> Vec<Duration> {
+/// Sequential call latencies through tidings, and client CPU µs per call.
+async fn tidings_rpc(calls: usize) -> (Vec<Duration>, f64) {
     let exchange = format!("bench-tidings-rpc-{}", tag());
     let connect = || async {
         Bus::new(
@@ -201,7 +263,11 @@ async fn tidings_rpc(calls: usize) -> Vec<Duration> {
         .await
         .expect("serve");
     let mut latencies = Vec::with_capacity(calls);
+    let mut cpu = Duration::ZERO;
     for i in 0..calls as u64 + 200 {
+        if i == 200 {
+            cpu = process_cpu();
+        }
         let t = Instant::now();
         let reply: u64 = client.call("bench.echo", &i).await.expect("call");
         assert_eq!(reply, i + 1);
@@ -209,11 +275,12 @@ async fn tidings_rpc(calls: usize) -> Vec<Duration> {
             latencies.push(t.elapsed());
         }
     }
+    let cpu = (process_cpu() - cpu).as_secs_f64() * 1e6 / calls.max(1) as f64;
     serving.unsubscribe().await;
     client.shutdown().await.ok();
     server.shutdown().await.ok();
     cleanup(&exchange, &[format!("{exchange}.group.bench.echo")]).await;
-    latencies
+    (latencies, cpu)
 }
 
 /// What the plain RPC program promises.
@@ -227,8 +294,9 @@ enum Plain {
     Guarded,
 }
 
-/// Sequential call latencies through plain lapin with direct reply-to.
-async fn lapin_rpc(calls: usize, plain: Plain) -> Vec<Duration> {
+/// Sequential call latencies through plain lapin with direct reply-to, and client CPU µs per
+/// call.
+async fn lapin_rpc(calls: usize, plain: Plain) -> (Vec<Duration>, f64) {
     let guarded = plain == Plain::Guarded;
     let queue = format!("bench-lapin-rpc-{}", tag());
     let exchange = if guarded {
@@ -327,7 +395,11 @@ async fn lapin_rpc(calls: usize, plain: Plain) -> Vec<Duration> {
         ("", queue.as_str())
     };
     let mut latencies = Vec::with_capacity(calls);
+    let mut cpu = Duration::ZERO;
     for i in 0..calls as u64 + 200 {
+        if i == 200 {
+            cpu = process_cpu();
+        }
         let t = Instant::now();
         let mut properties = BasicProperties::default()
             .with_reply_to("amq.rabbitmq.reply-to".into())
@@ -363,11 +435,12 @@ async fn lapin_rpc(calls: usize, plain: Plain) -> Vec<Duration> {
             latencies.push(t.elapsed());
         }
     }
+    let cpu = (process_cpu() - cpu).as_secs_f64() * 1e6 / calls.max(1) as f64;
     serving.abort();
     let _ = client_conn.close(200, "bench".into()).await;
     let _ = server_conn.close(200, "bench".into()).await;
     cleanup(&exchange, &[queue]).await;
-    latencies
+    (latencies, cpu)
 }
 
 /// Declares the durable topic exchange `exchange` and binds `queue` to it with `pattern`.
@@ -415,77 +488,198 @@ async fn cleanup(exchange: &str, queues: &[String]) {
     let _ = conn.close(200, "cleanup".into()).await;
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// Which sides run.
+#[derive(Clone, Copy)]
+struct Sides {
+    plain: bool,
+    tidings: bool,
 }
 
-/// p50 and p99 of `latencies`, in milliseconds.
-fn latency(mut latencies: Vec<Duration>) -> (f64, f64) {
-    latencies.sort();
-    (
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-    )
+async fn throughput_rounds(messages: usize, rounds: usize, sides: Sides, how: Throughput) {
+    let what = if how.consume {
+        "from the first publish to the last ack"
+    } else {
+        "publish only (no consumer), from the first publish to the last confirm"
+    };
+    println!(
+        "throughput: {messages} x {BODY} B persistent into a durable queue, confirms ({WINDOW} in \
+         flight on both sides), manual acks, prefetch {PREFETCH}; {what}{}",
+        if how.plain_metadata {
+            "; plain messages carry tidings' metadata"
+        } else {
+            ""
+        }
+    );
+    println!("  rates in msg/s, client CPU (user + system, whole process) in µs per message");
+    let (mut plain_rate, mut tidings_rate) = (Series::default(), Series::default());
+    let (mut plain_cpu, mut tidings_cpu) = (Series::default(), Series::default());
+    let (mut ratio, mut cpu_ratio) = (Series::default(), Series::default());
+    for round in 0..rounds {
+        let mut line = format!("  round {:>2}:", round + 1);
+        let (mut p, mut t) = (None, None);
+        for side in order(round, 2) {
+            if side == 0 && sides.plain {
+                let r = lapin_throughput(messages, how).await;
+                line += &format!("  plain lapin {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
+                p = Some(r);
+            }
+            if side == 1 && sides.tidings {
+                let r = tidings_throughput(messages, how).await;
+                line += &format!("  tidings {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
+                t = Some(r);
+            }
+        }
+        if let Some(p) = p {
+            plain_rate.push(p.0);
+            plain_cpu.push(p.1);
+        }
+        if let Some(t) = t {
+            tidings_rate.push(t.0);
+            tidings_cpu.push(t.1);
+        }
+        if let (Some(p), Some(t)) = (p, t) {
+            ratio.push(t.0 / p.0);
+            cpu_ratio.push(t.1 / p.1);
+            line += &format!(
+                "  ratio {:.3}  CPU ratio {:.3}{}",
+                t.0 / p.0,
+                t.1 / p.1,
+                if round % 2 == 0 {
+                    "  (plain first)"
+                } else {
+                    "  (tidings first)"
+                }
+            );
+        }
+        println!("{line}");
+    }
+    println!(
+        "  medians over {rounds} rounds (min–max):\n    plain lapin  {} msg/s, CPU {} µs/msg\n    \
+         tidings      {} msg/s, CPU {} µs/msg",
+        plain_rate.show(0),
+        plain_cpu.show(1),
+        tidings_rate.show(0),
+        tidings_cpu.show(1)
+    );
+    if !ratio.is_empty() {
+        println!(
+            "    throughput ratio tidings / lapin {} (target >= 0.95)\n    CPU ratio tidings / \
+             lapin {} (target <= 1.0)",
+            ratio.show(3),
+            cpu_ratio.show(3)
+        );
+    }
 }
 
-/// The median of `values` (sorted in place).
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+async fn rpc_rounds(calls: usize, rounds: usize, sides: Sides) {
+    println!(
+        "rpc: {calls} sequential calls (after 200 warm-up calls), all with direct reply-to; plain \
+         lapin bare (no confirms, no durable queue) and guarded (tidings' promises); p50 / p99 in \
+         ms, client CPU per call in µs"
+    );
+    let names = ["lapin bare", "lapin guarded", "tidings"];
+    let mut p50 = [Series::default(), Series::default(), Series::default()];
+    let mut p99 = p50.clone();
+    let mut cpu = p50.clone();
+    let (mut vs_bare, mut vs_guarded) = (Series::default(), Series::default());
+    for round in 0..rounds {
+        let mut line = format!("  round {:>2}:", round + 1);
+        let mut got = [None; 3];
+        for side in order(round, 3) {
+            let run = match side {
+                0 if sides.plain => lapin_rpc(calls, Plain::Bare).await,
+                1 if sides.plain => lapin_rpc(calls, Plain::Guarded).await,
+                2 if sides.tidings => tidings_rpc(calls).await,
+                _ => continue,
+            };
+            let (a, b) = p50_p99_ms(run.0);
+            got[side] = Some((a, b, run.1));
+        }
+        for (side, got) in got.iter().enumerate() {
+            if let Some((a, b, c)) = got {
+                p50[side].push(*a);
+                p99[side].push(*b);
+                cpu[side].push(*c);
+                line += &format!("  {} {a:.3} / {b:.3} ({c:.0} µs)", names[side]);
+            }
+        }
+        if let [Some(bare), Some(guarded), Some(tidings)] = got {
+            vs_bare.push(tidings.0 / bare.0);
+            vs_guarded.push(tidings.0 / guarded.0);
+            line += &format!(
+                "  p50 ratio vs bare {:.3}, vs guarded {:.3}",
+                tidings.0 / bare.0,
+                tidings.0 / guarded.0
+            );
+        }
+        println!("{line}");
+    }
+    println!("  medians over {rounds} rounds (min–max):");
+    for side in 0..3 {
+        if !p50[side].is_empty() {
+            println!(
+                "    {:<14} p50 {} ms, p99 {} ms, CPU {} µs/call",
+                names[side],
+                p50[side].show(3),
+                p99[side].show(3),
+                cpu[side].show(0)
+            );
+        }
+    }
+    if !vs_bare.is_empty() {
+        println!(
+            "    p50 ratio tidings / bare {} (target <= 1.1), tidings / guarded {}",
+            vs_bare.show(3),
+            vs_guarded.show(3)
+        );
+    }
 }
 
-#[tokio::main]
-async fn main() {
+async fn run() {
     let messages = arg("--messages", 100_000);
     let calls = arg("--calls", 10_000);
-    // Rounds alternate the two sides, so a burst of load elsewhere on the machine hits both.
-    let rounds = arg("--rounds", 3).max(1);
+    let rounds = arg("--rounds", 10).max(1);
+    let side = text_arg("--side").unwrap_or_default();
+    let sides = Sides {
+        plain: side != "tidings",
+        tidings: side != "plain",
+    };
+    let how = Throughput {
+        consume: !flag("--publish-only"),
+        plain_metadata: flag("--plain-metadata"),
+    };
     println!(
-        "RabbitMQ at {}",
-        url().split('@').next_back().unwrap_or("?")
+        "RabbitMQ at {}; load average {}",
+        url().split('@').next_back().unwrap_or("?"),
+        bench_support::load_average()
     );
-    println!("warming up...");
-    lapin_throughput(5_000).await;
-    tidings_throughput(5_000).await;
+    if !flag("--no-warmup") {
+        println!("warming up...");
+        if sides.plain {
+            lapin_throughput(5_000, how).await;
+        }
+        if sides.tidings {
+            tidings_throughput(5_000, how).await;
+        }
+    }
+    if messages > 0 {
+        println!();
+        throughput_rounds(messages, rounds, sides, how).await;
+    }
+    if calls > 0 {
+        println!();
+        rpc_rounds(calls, rounds, sides).await;
+    }
+    println!("load average {}", bench_support::load_average());
+}
 
-    println!();
-    println!("throughput: {messages} x {BODY} B, confirms ({WINDOW} in flight), manual acks, prefetch {PREFETCH}");
-    let mut ratios = Vec::new();
-    // `--messages 0` measures RPC only.
-    for round in (1..=rounds).filter(|_| messages > 0) {
-        let lapin_rate = lapin_throughput(messages).await;
-        let tidings_rate = tidings_throughput(messages).await;
-        ratios.push(tidings_rate / lapin_rate);
-        println!(
-            "  round {round}: plain lapin {lapin_rate:>8.0} msg/s   tidings {tidings_rate:>8.0} msg/s   ratio {:.3}",
-            tidings_rate / lapin_rate
-        );
-    }
-    if !ratios.is_empty() {
-        println!(
-            "  median ratio: {:.3} (tidings / lapin, target >= 0.95)",
-            median(&mut ratios)
-        );
-    }
-
-    println!();
-    println!("rpc: {calls} sequential calls, all with direct reply-to; plain lapin bare (no confirms) and guarded (tidings' guarantees)");
-    let (mut bare_ratios, mut guarded_ratios) = (Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        let bare = latency(lapin_rpc(calls, Plain::Bare).await);
-        let guarded = latency(lapin_rpc(calls, Plain::Guarded).await);
-        let tidings = latency(tidings_rpc(calls).await);
-        bare_ratios.push(tidings.0 / bare.0);
-        guarded_ratios.push(tidings.0 / guarded.0);
-        println!(
-            "  round {round}: p50 / p99 ms: lapin bare {:.3} / {:.3}   lapin guarded {:.3} / {:.3}   tidings {:.3} / {:.3}   p50 ratio vs bare {:.3}, vs guarded {:.3}",
-            bare.0, bare.1, guarded.0, guarded.1, tidings.0, tidings.1,
-            tidings.0 / bare.0, tidings.0 / guarded.0
-        );
-    }
-    println!(
-        "  median p50 ratio: vs bare {:.3} (target <= 1.1), vs guarded {:.3}",
-        median(&mut bare_ratios),
-        median(&mut guarded_ratios)
-    );
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Everything runs in a spawned task, on the runtime's workers, as an application's code
+    // does: not on the thread that blocks on the runtime.
+    runtime.block_on(async { tokio::spawn(run()).await.expect("bench") });
 }

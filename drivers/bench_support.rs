@@ -1,0 +1,149 @@
+//! What the driver benches share (each includes this file with `#[path]`): the client's CPU
+//! time, and summaries over rounds — the median with the range (min–max), never the best.
+
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+/// CPU time this process has used so far: user + system, every thread, dead or alive. The
+/// clock is `CLOCK_PROCESS_CPUTIME_ID`, the same total `getrusage(RUSAGE_SELF)` gives as
+/// `ru_utime + ru_stime`, at nanosecond resolution (`/proc/self/stat` has 10 ms ticks).
+pub(crate) fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+/// Wall-clock and CPU time of one measured phase.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Phase {
+    started: std::time::Instant,
+    cpu: Duration,
+}
+
+impl Phase {
+    pub(crate) fn start() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            cpu: process_cpu(),
+        }
+    }
+
+    /// Items per second and client CPU time per item, in µs, since `start`.
+    pub(crate) fn per_item(&self, items: usize) -> (f64, f64) {
+        let items = items.max(1) as f64;
+        let wall = self.started.elapsed().as_secs_f64();
+        let cpu = process_cpu().saturating_sub(self.cpu).as_secs_f64();
+        (items / wall, cpu * 1e6 / items)
+    }
+}
+
+/// One value per round.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Series(Vec<f64>);
+
+impl Series {
+    pub(crate) fn push(&mut self, value: f64) {
+        self.0.push(value);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    /// The median (the mean of the two middle values for an even count); NaN when empty.
+    pub(crate) fn median(&self) -> f64 {
+        let v = self.sorted();
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    pub(crate) fn min(&self) -> f64 {
+        self.sorted().first().copied().unwrap_or(f64::NAN)
+    }
+
+    pub(crate) fn max(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(f64::NAN)
+    }
+
+    /// `median (min–max)` with `decimals` digits after the point.
+    pub(crate) fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.*} ({:.*}–{:.*})",
+            decimals,
+            self.median(),
+            decimals,
+            self.min(),
+            decimals,
+            self.max()
+        )
+    }
+
+    /// The values in round order, for the record.
+    pub(crate) fn list(&self, decimals: usize) -> String {
+        let mut out = String::new();
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            let _ = write!(out, "{v:.decimals$}");
+        }
+        out
+    }
+}
+
+/// Round `round` (counted from 0) runs the sides in this order: the first side first in even
+/// rounds, second in odd ones (for more than two sides, the order rotates), so that a burst of
+/// load or a broker still busy with the previous side's work hits every side alike.
+pub(crate) fn order(round: usize, sides: usize) -> Vec<usize> {
+    if sides == 2 {
+        return if round % 2 == 0 {
+            vec![0, 1]
+        } else {
+            vec![1, 0]
+        };
+    }
+    (0..sides).map(|i| (i + round) % sides).collect()
+}
+
+/// The p-th quantile (0.0–1.0) of sorted latencies.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// p50 and p99 of `latencies`, in milliseconds.
+pub(crate) fn p50_p99_ms(mut latencies: Vec<Duration>) -> (f64, f64) {
+    latencies.sort();
+    (
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+    )
+}
+
+/// The machine's load average (1, 5, 15 minutes), for the record: the benches share two cores
+/// with the broker and whatever else runs.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".to_owned())
+}
