@@ -1,24 +1,50 @@
 //! The broker URL, parsed once: where to connect, as whom, and the few driver settings that
 //! travel as query parameters.
 //!
-//! `amqp10://user:pass@host:port[/vhost][?exchange=X&management=http://host:15672&dialect=rabbitmq&publish_timeout_ms=30000]`,
-//! or `amqp10s://` for TLS.
+//! `amqp10://user:pass@host[:port][,host[:port]…][/vhost][?exchange=X&management=http://host:15672&dialect=rabbitmq&queue-type=quorum&publish_timeout_ms=30000]`,
+//! or `amqp10s://` for TLS (with `?ca=<pem file>` for a private CA).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tidings_core::broker_url::bracketed;
-use tidings_core::{BrokerUrl, Result};
+use tidings_core::broker_url::Node;
+use tidings_core::{BrokerUrl, Error, ErrorKind, Result};
+use tidings_plumbing::Tls;
+
+/// The option naming the management API(s) of a dialect that declares through one.
+const MANAGEMENT: &str = "management";
+/// The option choosing the broker dialect.
+const DIALECT: &str = "dialect";
+/// The option choosing the type of durable queues.
+const QUEUE_TYPE: &str = "queue-type";
+
+/// The type of the queues that outlive a subscription (durable groups, dead letters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueType {
+    /// Lives on one node: gone (until that node returns) when the node dies.
+    Classic,
+    /// Replicated over the cluster's nodes (Raft): survives the loss of a minority of them.
+    Quorum,
+}
+
+impl QueueType {
+    /// The `x-queue-type` argument's value.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+}
 
 /// Everything the driver reads from the URL.
 #[derive(Clone)]
 pub(crate) struct Config {
-    /// Host name or address of the broker.
-    pub(crate) host: String,
-    /// AMQP port.
-    pub(crate) port: u16,
-    /// Whether to speak TLS (`amqp10s://`).
-    pub(crate) tls: bool,
+    /// The broker's nodes, as the URL lists them (never empty).
+    pub(crate) nodes: Vec<Node>,
+    /// TLS (`amqp10s://`): the policy, with the `?ca=` file if any.
+    pub(crate) tls: Option<Arc<Tls>>,
     /// SASL PLAIN user; `None` means SASL ANONYMOUS.
     pub(crate) username: Option<String>,
     /// SASL PLAIN password.
@@ -27,10 +53,13 @@ pub(crate) struct Config {
     pub(crate) vhost: String,
     /// The topic exchange (or topic) that is this bus's topic space.
     pub(crate) exchange: String,
-    /// Base URL of an HTTP management API, when the dialect needs one.
-    pub(crate) management: Option<String>,
+    /// Base URLs of the HTTP management API (`?management=`, comma-separated: one for every
+    /// node, or one for all), when the dialect needs one; empty when the URL names none.
+    pub(crate) management: Vec<String>,
     /// Which broker dialect to use.
     pub(crate) dialect: String,
+    /// The type of durable group and dead-letter queues.
+    pub(crate) queue_type: QueueType,
     /// How long a publish waits for a lost connection to come back.
     pub(crate) publish_timeout: Duration,
     /// The URL with the password replaced, for messages.
@@ -43,6 +72,7 @@ impl fmt::Debug for Config {
             .field("url", &self.redacted)
             .field("exchange", &self.exchange)
             .field("dialect", &self.dialect)
+            .field("queue_type", &self.queue_type)
             .finish_non_exhaustive()
     }
 }
@@ -51,20 +81,55 @@ impl Config {
     /// Parses `amqp10://…` or `amqp10s://…`.
     pub(crate) fn parse(url: &str) -> Result<Self> {
         let mut url = BrokerUrl::parse(url, "amqp10", &["amqp10", "amqp10s"])?;
-        let tls = url.scheme() == "amqp10s";
-        let host = url.nodes()[0].host().to_owned();
-        let management = url
-            .take("management")
+        let tls = Tls::from_url(&mut url, "amqp10s")?.map(Arc::new);
+        let management: Vec<String> = url
+            .take(MANAGEMENT)
+            .unwrap_or_default()
+            .split(',')
+            .map(|m| m.trim().trim_end_matches('/').to_owned())
             .filter(|m| !m.is_empty())
-            .map(|m| m.trim_end_matches('/').to_owned());
+            .collect();
+        let nodes = url.nodes().to_vec();
+        if management.len() > 1 && management.len() != nodes.len() {
+            return Err(Error::new(
+                ErrorKind::InvalidUrl,
+                format!(
+                    "?{MANAGEMENT}= lists {} management APIs for {} nodes in {}; give one for \
+                     every node, in the order of the nodes, or one for all",
+                    management.len(),
+                    nodes.len(),
+                    url.redacted()
+                ),
+            ));
+        }
         let dialect = url
-            .take("dialect")
+            .take(DIALECT)
             .filter(|d| !d.is_empty())
             .map_or_else(|| "rabbitmq".to_owned(), |d| d.to_ascii_lowercase());
-        url.reject_unknown(&["management", "dialect"])?;
+        let queue_type = match url.take(QUEUE_TYPE).as_deref() {
+            Some("quorum") => QueueType::Quorum,
+            Some("classic") => QueueType::Classic,
+            // A cluster's durable groups must survive the loss of a node; one node gains
+            // nothing from replication and pays for it on every message.
+            None if nodes.len() > 1 => QueueType::Quorum,
+            None => QueueType::Classic,
+            Some(other) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidUrl,
+                    format!(
+                        "{QUEUE_TYPE}={other:?}: the amqp10 driver knows `classic` and `quorum`"
+                    ),
+                ))
+            }
+        };
+        url.reject_unknown(&[
+            MANAGEMENT,
+            DIALECT,
+            QUEUE_TYPE,
+            tidings_plumbing::tls::CA_OPTION,
+        ])?;
         Ok(Config {
-            host,
-            port: url.nodes()[0].port_or(if tls { 5671 } else { 5672 }),
+            nodes,
             tls,
             username: url.username(),
             password: url.password(),
@@ -72,21 +137,30 @@ impl Config {
             exchange: url.exchange().to_owned(),
             management,
             dialect,
+            queue_type,
             publish_timeout: url.publish_timeout(),
             redacted: url.redacted().to_owned(),
         })
     }
 
-    /// `host:port`, as fe2o3 wants it in its URL.
-    pub(crate) fn address(&self) -> String {
-        format!("{}:{}", bracketed(&self.host), self.port)
+    /// The AMQP port of a node that names none: 5671 with TLS, 5672 without.
+    pub(crate) fn default_port(&self) -> u16 {
+        if self.tls.is_some() {
+            5671
+        } else {
+            5672
+        }
+    }
+
+    /// `host:port` of `node`, as a socket address is written.
+    pub(crate) fn address(&self, node: &Node) -> String {
+        node.address(self.default_port())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidings_core::ErrorKind;
 
     #[test]
     fn parses_a_full_url() {
@@ -94,24 +168,59 @@ mod tests {
             "amqp10://guest:se%40cret@broker:5673/prod?exchange=ns1&management=http://m:15672/",
         )
         .unwrap();
-        assert_eq!(c.host, "broker");
-        assert_eq!(c.port, 5673);
-        assert!(!c.tls);
+        assert_eq!(c.nodes.len(), 1);
+        assert_eq!(c.address(&c.nodes[0]), "broker:5673");
+        assert!(c.tls.is_none());
         assert_eq!(c.username.as_deref(), Some("guest"));
         assert_eq!(c.password.as_deref(), Some("se@cret"));
         assert_eq!(c.vhost, "prod");
         assert_eq!(c.exchange, "ns1");
-        assert_eq!(c.management.as_deref(), Some("http://m:15672"));
+        assert_eq!(c.management, ["http://m:15672"]);
+        assert_eq!(c.queue_type, QueueType::Classic);
         assert!(!c.redacted.contains("cret"));
     }
 
     #[test]
     fn defaults_and_tls() {
         let c = Config::parse("amqp10s://host").unwrap();
-        assert!(c.tls);
-        assert_eq!(c.port, 5671);
+        assert!(c.tls.is_some());
+        assert_eq!(c.address(&c.nodes[0]), "host:5671");
         assert_eq!(c.vhost, "/");
         assert!(c.username.is_none());
+        assert!(c.management.is_empty());
+    }
+
+    #[test]
+    fn the_ca_option_is_for_tls_urls() {
+        let c = Config::parse("amqp10s://host/?ca=/etc/ca.pem").unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(tls.ca(), Some(std::path::Path::new("/etc/ca.pem")));
+        let e = Config::parse("amqp10://host/?ca=/etc/ca.pem").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidUrl);
+    }
+
+    #[test]
+    fn a_host_list_is_a_cluster_of_quorum_queues() {
+        let c = Config::parse(
+            "amqp10://u:p@h1:5682,h2:5683,[::1]:5684/v?management=http://h1:15682,http://h2:15683,http://[::1]:15684",
+        )
+        .unwrap();
+        let addresses: Vec<String> = c.nodes.iter().map(|n| c.address(n)).collect();
+        assert_eq!(addresses, ["h1:5682", "h2:5683", "[::1]:5684"]);
+        assert_eq!(c.management.len(), 3);
+        assert_eq!(c.queue_type, QueueType::Quorum);
+        let classic = Config::parse("amqp10://h1,h2/?queue-type=classic").unwrap();
+        assert_eq!(classic.queue_type, QueueType::Classic);
+        assert_eq!(classic.address(&classic.nodes[1]), "h2:5672");
+        let one = Config::parse("amqp10://h1/?queue-type=quorum").unwrap();
+        assert_eq!(one.queue_type, QueueType::Quorum);
+        let e = Config::parse("amqp10://h1/?queue-type=stream").unwrap_err();
+        assert!(e.to_string().contains("classic"), "{e}");
+        let e = Config::parse("amqp10://h1,h2,h3/?management=http://a,http://b").unwrap_err();
+        assert!(
+            e.to_string().contains("2 management APIs for 3 nodes"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl fmt::Debug for Amqp10Provider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Amqp10Provider")
             .field("url", &self.shared.config.redacted)
-            .field("status", &*self.shared.status.borrow())
+            .field("status", &*self.shared.status().borrow())
             .finish()
     }
 }
@@ -59,7 +59,7 @@ impl Amqp10Provider {
         let dialect = dialect::for_config(&config)?;
         let shared = Shared::start(config, dialect).await?;
         if let Err(e) = shared.dialect.declare_topic_space().await {
-            shared.shutdown.cancel();
+            shared.close().await;
             return Err(e);
         }
         let pool = Arc::new(SenderPool::new(shared.clone()));
@@ -123,6 +123,7 @@ impl Amqp10Provider {
             name: self.shared.dialect.dead_letter_queue(name),
             durable: true,
             auto_delete: false,
+            lasting: true,
             binding: None,
         }
     }
@@ -165,12 +166,14 @@ impl Provider for Amqp10Provider {
                 name: dialect.private_queue("broadcast", &tidings_core::envelope::new_id()),
                 durable: false,
                 auto_delete: true,
+                lasting: false,
                 binding: Some(spec.pattern.clone()),
             },
             Some((name, durable)) => QueueSpec {
                 name: dialect.group_queue(name),
                 durable,
                 auto_delete: !durable,
+                lasting: durable,
                 binding: Some(spec.pattern.clone()),
             },
         };
@@ -195,6 +198,7 @@ impl Provider for Amqp10Provider {
             name: dialect.private_queue("inbox", &tidings_core::envelope::new_id()),
             durable: false,
             auto_delete: true,
+            lasting: false,
             binding: None,
         };
         let address = dialect.queue_address(&queue.name);
@@ -250,17 +254,11 @@ impl Provider for Amqp10Provider {
     }
 
     fn status(&self) -> watch::Receiver<Status> {
-        self.shared.status.subscribe()
+        self.shared.status()
     }
 
     async fn close(&self) -> Result<()> {
-        self.shared.shutdown.cancel();
-        let mut status = self.shared.status.subscribe();
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(3),
-            status.wait_for(|s| *s == Status::Closed),
-        )
-        .await;
+        self.shared.close().await;
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use fe2o3_amqp::Receiver;
 use futures::FutureExt;
 use tidings_core::driver::{Completion, Consumer, Delivery, Outcome, Settle};
 use tidings_core::{Envelope, Error, ErrorKind, Result};
+use tidings_plumbing::Backoff;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -126,12 +127,12 @@ async fn run(
 ) {
     let mut ready = Some(ready);
     let mut after = 0u64;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     let link_name = format!("tidings-recv-{}", tidings_core::envelope::new_id());
     loop {
         let live = tokio::select! {
             _ = stop.cancelled() => return,
-            live = shared.wait_live(after) => match live { Some(l) => l, None => return },
+            live = shared.live_after(after) => match live { Some(l) => l, None => return },
         };
         let declared = declare_all(&shared, &spec).await;
         let attached = match declared {
@@ -172,13 +173,12 @@ async fn run(
                 }
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff = Backoff::new();
         after = live.generation;
         if let Some(ready) = ready.take() {
             let _ = ready.send(Ok(()));
@@ -193,7 +193,7 @@ async fn run(
         });
         let mut batch = Vec::new();
         // Registered once per link, not once per message.
-        let lost = live.lost.cancelled();
+        let lost = live.lost().cancelled();
         let stopped = stop.cancelled();
         let gone = tx.closed();
         tokio::pin!(lost, stopped, gone);
@@ -226,7 +226,7 @@ async fn run(
             }
             // Plain loads per message; the three futures are polled only while the link has
             // nothing to hand out (biased: a ready delivery never polls them).
-            if live.lost.is_cancelled() {
+            if live.lost().is_cancelled() {
                 break;
             }
             if stop.is_cancelled() || tx.is_closed() {
@@ -268,7 +268,7 @@ async fn run(
             }
         }
         if close {
-            close_link(receiver, &link, &shared, &mut batch, &live.lost).await;
+            close_link(receiver, &link, &shared, &mut batch, live.lost()).await;
             // Whatever the broker sent that the link never saw goes back with the session.
             let _ = tokio::time::timeout(Duration::from_secs(2), session.end()).await;
             return;

@@ -16,13 +16,11 @@ use fe2o3_amqp::link::{SendError, SenderAttachError};
 use fe2o3_amqp::types::messaging::Outcome;
 use fe2o3_amqp::{Sendable, Sender};
 use tidings_core::{Error, ErrorKind, Result};
+use tidings_plumbing::Backoff;
 use tokio::sync::Mutex;
 
 use crate::connection::{Live, Shared};
 use crate::wire::{OutgoingBody, OutgoingMessage};
-
-/// How long to wait before re-attaching a link the broker detached.
-const REATTACH_PAUSE: Duration = Duration::from_millis(50);
 
 /// What a failed link operation means.
 enum Failure {
@@ -65,6 +63,8 @@ pub(crate) struct SenderLink {
     name: String,
     /// `None` until attached, and again once its session or link failed.
     state: Mutex<Option<Attached>>,
+    /// The pauses between failed attaches, started afresh by each attach that succeeds.
+    retry: std::sync::Mutex<Backoff>,
 }
 
 impl SenderLink {
@@ -74,7 +74,16 @@ impl SenderLink {
             address,
             name: format!("tidings-send-{}", tidings_core::envelope::new_id()),
             state: Mutex::new(None),
+            retry: std::sync::Mutex::new(Backoff::new()),
         }
+    }
+
+    /// How long to wait before attaching again after a failure.
+    fn pause(&self) -> Duration {
+        self.retry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_delay()
     }
 
     /// Sends `message` and waits for the broker to accept it, re-sending after a reconnect,
@@ -110,7 +119,7 @@ impl SenderLink {
             let (live, confirmation) = {
                 let mut state = self.state.lock().await;
                 let usable = state.as_ref().is_some_and(|a| {
-                    !a.live.lost.is_cancelled() && a.live.generation > failed_generation
+                    !a.live.lost().is_cancelled() && a.live.generation > failed_generation
                 });
                 // Attaching is rare and its future is large: boxed, so that it does not make
                 // every publish's future (allocated and moved per message) that much bigger.
@@ -128,7 +137,7 @@ impl SenderLink {
                 let sent = tokio::select! {
                     biased;
                     sent = attached.sender.send_batchable_ref(sendable) => Some(sent),
-                    _ = live.lost.cancelled() => None,
+                    _ = live.lost().cancelled() => None,
                 };
                 match sent {
                     Some(Ok(confirmation)) => (live, confirmation),
@@ -149,7 +158,7 @@ impl SenderLink {
                 biased;
                 outcome = confirmation => outcome,
                 // Sent but unconfirmed when the session went: send it again on the next one.
-                _ = live.lost.cancelled() => {
+                _ = live.lost().cancelled() => {
                     failed_generation = live.generation;
                     continue;
                 }
@@ -179,7 +188,7 @@ impl SenderLink {
         *state = None;
         let live = self
             .shared
-            .wait_live(failed_generation)
+            .live_after(failed_generation)
             .await
             .ok_or_else(|| {
                 Error::new(
@@ -193,6 +202,7 @@ impl SenderLink {
         };
         let e = match attached {
             Ok(sender) => {
+                *self.retry.lock().unwrap_or_else(|p| p.into_inner()) = Backoff::new();
                 *state = Some(Attached { live, sender });
                 return Ok(true);
             }
@@ -203,8 +213,8 @@ impl SenderLink {
                 self.shared.report_broken(live.generation);
                 // Wait for the supervisor to replace the session.
                 tokio::select! {
-                    _ = live.lost.cancelled() => {}
-                    _ = tokio::time::sleep(REATTACH_PAUSE) => {}
+                    _ = live.lost().cancelled() => {}
+                    _ = tokio::time::sleep(self.pause()) => {}
                 }
                 Ok(false)
             }
@@ -227,7 +237,7 @@ impl SenderLink {
                 // The broker detached the link; re-attach on the same session (a broken
                 // session shows up there) after a pause. A gone address fails the attach.
                 tracing::debug!(address = %self.address, %why, "sender link failed; re-attaching");
-                tokio::time::sleep(REATTACH_PAUSE).await;
+                tokio::time::sleep(self.pause()).await;
                 live.generation - 1
             }
         }

@@ -10,6 +10,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use fe2o3_amqp::types::messaging::Header;
+use tidings_core::broker_url::Node;
 use tidings_core::{Pattern, Result};
 
 use crate::config::Config;
@@ -25,6 +26,9 @@ pub(crate) struct QueueSpec {
     pub(crate) durable: bool,
     /// Deleted by the broker once its last consumer is gone.
     pub(crate) auto_delete: bool,
+    /// Outlives its subscribers (a durable group's or dead letters): the URL's queue type
+    /// applies to it (`?queue-type=`); other queues are the broker's plain kind.
+    pub(crate) lasting: bool,
     /// The pattern it is bound with in the topic space, if any.
     pub(crate) binding: Option<Pattern>,
 }
@@ -33,6 +37,12 @@ pub(crate) struct QueueSpec {
 /// every reconnect (declarations must be idempotent).
 #[async_trait]
 pub(crate) trait Dialect: Send + Sync + fmt::Debug + 'static {
+    /// The connection is now on `node` (one of the URL's): a dialect that talks to the broker
+    /// beside AMQP (a management API) talks to that node from now on.
+    fn use_node(&self, node: &Node) {
+        let _ = node;
+    }
+
     /// The `hostname` to put in the AMQP `open` frame (RabbitMQ selects the vhost with it).
     fn open_hostname(&self) -> Option<String>;
 

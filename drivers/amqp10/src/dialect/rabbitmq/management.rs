@@ -6,14 +6,23 @@
 //! client costs nothing that matters and keeps the dependency tree small.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tidings_core::{Error, ErrorKind, Result};
 
-/// One management API endpoint with its credentials.
+/// The management APIs of a broker's nodes (one, or one per node), with the credentials.
+///
+/// Every node of a RabbitMQ cluster serves the whole cluster's API, so any answering one will
+/// do; the one of the node the AMQP connection is on is asked first (a classic queue lives on
+/// the node that declared it, and an inbox is best beside its consumer), the others when it
+/// cannot be reached.
 #[derive(Clone)]
 pub(crate) struct Management {
-    base: String,
+    bases: Arc<[String]>,
+    /// Index in `bases` of the API asked first.
+    preferred: Arc<AtomicUsize>,
     authorization: String,
     agent: ureq::Agent,
 }
@@ -21,7 +30,7 @@ pub(crate) struct Management {
 impl fmt::Debug for Management {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Management")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .finish_non_exhaustive()
     }
 }
@@ -32,14 +41,19 @@ pub(crate) fn segment(s: &str) -> String {
 }
 
 impl Management {
-    /// A client of the API at `base` (e.g. `http://127.0.0.1:15672`).
-    pub(crate) fn new(base: &str, username: &str, password: &str) -> Self {
+    /// A client of the APIs at `bases` (e.g. `http://127.0.0.1:15672`; never empty).
+    pub(crate) fn new(bases: Vec<String>, username: &str, password: &str) -> Self {
+        assert!(!bases.is_empty(), "a management API to talk to");
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
             .build();
         Self {
-            base: base.trim_end_matches('/').to_owned(),
+            bases: bases
+                .into_iter()
+                .map(|b| b.trim_end_matches('/').to_owned())
+                .collect(),
+            preferred: Arc::new(AtomicUsize::new(0)),
             authorization: format!(
                 "Basic {}",
                 base64(format!("{username}:{password}").as_bytes())
@@ -48,7 +62,19 @@ impl Management {
         }
     }
 
-    /// Sends one request; `Ok((status, body))` for any HTTP answer.
+    /// Asks the API at `bases[index]` first from now on.
+    pub(crate) fn prefer(&self, index: usize) {
+        self.preferred
+            .store(index % self.bases.len(), Ordering::Relaxed);
+    }
+
+    /// The API asked first (for messages and tests).
+    pub(crate) fn preferred(&self) -> &str {
+        &self.bases[self.preferred.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Sends one request to the preferred API, or to the next one that can be reached;
+    /// `Ok((status, body))` for any HTTP answer.
     pub(crate) async fn call(
         &self,
         method: &'static str,
@@ -56,39 +82,21 @@ impl Management {
         body: Option<String>,
     ) -> Result<(u16, String)> {
         let this = self.clone();
-        let url = format!("{}{}", self.base, path);
-        let shown = url.clone();
-        let outcome = tokio::task::spawn_blocking(
-            move || -> std::result::Result<(u16, String), ureq::Error> {
-                let mut response = match (method, body) {
-                    ("PUT", body) => this
-                        .agent
-                        .put(&url)
-                        .header("Authorization", &this.authorization)
-                        .content_type("application/json")
-                        .send(body.unwrap_or_default())?,
-                    ("POST", body) => this
-                        .agent
-                        .post(&url)
-                        .header("Authorization", &this.authorization)
-                        .content_type("application/json")
-                        .send(body.unwrap_or_default())?,
-                    ("DELETE", _) => this
-                        .agent
-                        .delete(&url)
-                        .header("Authorization", &this.authorization)
-                        .call()?,
-                    _ => this
-                        .agent
-                        .get(&url)
-                        .header("Authorization", &this.authorization)
-                        .call()?,
-                };
-                let status = response.status().as_u16();
-                let text = response.body_mut().read_to_string().unwrap_or_default();
-                Ok((status, text))
-            },
-        )
+        let first = self.preferred.load(Ordering::Relaxed);
+        let shown = format!("{}{path}", self.preferred());
+        let outcome = tokio::task::spawn_blocking(move || {
+            let count = this.bases.len();
+            let mut failures = Vec::new();
+            for step in 0..count {
+                let base = &this.bases[(first + step) % count];
+                let url = format!("{base}{path}");
+                match this.send(method, &url, body.clone()) {
+                    Ok(answer) => return Ok(answer),
+                    Err(e) => failures.push((url, e)),
+                }
+            }
+            Err(failures)
+        })
         .await
         .map_err(|e| {
             Error::new(
@@ -96,15 +104,54 @@ impl Management {
                 format!("management call {method} {shown} did not finish: {e}"),
             )
         })?;
-        outcome.map_err(|e| {
+        outcome.map_err(|mut failures| {
+            let tried: Vec<String> = failures.iter().map(|(url, e)| format!("{url}: {e}")).collect();
+            let (_, source) = failures.remove(0);
             Error::new(
                 ErrorKind::Connection,
                 format!(
-                    "cannot reach the RabbitMQ management API at {shown}: {e}; enable the rabbitmq_management plugin or pass ?management=http://host:15672 in the broker url"
+                    "cannot reach the RabbitMQ management API ({}); enable the rabbitmq_management plugin or pass ?management=http://host:15672 in the broker url (one per node, comma-separated, for a cluster)",
+                    tried.join("; ")
                 ),
             )
-            .with_source(e)
+            .with_source(source)
         })
+    }
+
+    /// One request to one API.
+    fn send(
+        &self,
+        method: &'static str,
+        url: &str,
+        body: Option<String>,
+    ) -> std::result::Result<(u16, String), ureq::Error> {
+        let mut response = match (method, body) {
+            ("PUT", body) => self
+                .agent
+                .put(url)
+                .header("Authorization", &self.authorization)
+                .content_type("application/json")
+                .send(body.unwrap_or_default())?,
+            ("POST", body) => self
+                .agent
+                .post(url)
+                .header("Authorization", &self.authorization)
+                .content_type("application/json")
+                .send(body.unwrap_or_default())?,
+            ("DELETE", _) => self
+                .agent
+                .delete(url)
+                .header("Authorization", &self.authorization)
+                .call()?,
+            _ => self
+                .agent
+                .get(url)
+                .header("Authorization", &self.authorization)
+                .call()?,
+        };
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        Ok((status, text))
     }
 
     /// Like [`call`](Self::call), failing with `kind` unless the status is 2xx.

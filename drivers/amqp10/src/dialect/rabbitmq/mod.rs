@@ -7,6 +7,12 @@
 //! session), so queues, bindings and the exchange are declared through the management HTTP API
 //! (`rabbitmq_management`), and consumed as `/amq/queue/Q`. The same API tells whether a routing
 //! key is bound anywhere, for mandatory publishes.
+//!
+//! On a cluster the API of the node the connection is on is used (`?management=` lists one API
+//! per node, in the nodes' order; without it, `http://<node's host>:15672`), and another node's
+//! when that one cannot be reached. Durable groups and dead-letter queues are quorum queues
+//! with `?queue-type=quorum` (the default for a URL of several nodes), with RabbitMQ's own
+//! delivery limit declared out of reach: attempts and dead letters are tidings' policy.
 
 mod management;
 
@@ -16,12 +22,17 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fe2o3_amqp::types::messaging::Header;
-use tidings_core::broker_url::bracketed;
-use tidings_core::{ErrorKind, Pattern, Result};
+use tidings_core::broker_url::{bracketed, Node};
+use tidings_core::{Error, ErrorKind, Pattern, Result};
 
 use self::management::{segment, Management};
 use super::{Dialect, QueueSpec};
-use crate::config::Config;
+use crate::config::{Config, QueueType};
+
+/// The delivery limit declared on quorum queues: out of reach, so RabbitMQ never drops or
+/// dead-letters a message on its own (RabbitMQ 4 sets a default of 20 otherwise; `-1`, which
+/// RabbitMQ 4 reads as "no limit", is not understood so by RabbitMQ 3).
+const DELIVERY_LIMIT: i32 = i32::MAX;
 
 /// How long a positive "this key is routed" answer is trusted before asking again.
 const ROUTE_CACHE: Duration = Duration::from_secs(2);
@@ -31,16 +42,26 @@ const ROUTE_CACHE: Duration = Duration::from_secs(2);
 pub(crate) struct RabbitMq {
     exchange: String,
     vhost: String,
+    queue_type: QueueType,
+    /// The URL's nodes, to find the management API of the one in use.
+    nodes: Vec<Node>,
     api: Management,
     routed: Mutex<HashMap<String, Instant>>,
 }
 
 impl RabbitMq {
     pub(crate) fn new(config: &Config) -> Result<Self> {
-        let base = config
-            .management
-            .clone()
-            .unwrap_or_else(|| format!("http://{}:15672", bracketed(&config.host)));
+        // One API per node, paired by position; one given for all; or each node's host on
+        // the management API's default port.
+        let bases = if config.management.is_empty() {
+            config
+                .nodes
+                .iter()
+                .map(|node| format!("http://{}:15672", bracketed(node.host())))
+                .collect()
+        } else {
+            config.management.clone()
+        };
         let user = config
             .username
             .clone()
@@ -52,14 +73,57 @@ impl RabbitMq {
         Ok(Self {
             exchange: config.exchange.clone(),
             vhost: config.vhost.clone(),
-            api: Management::new(&base, &user, &pass),
+            queue_type: config.queue_type,
+            nodes: config.nodes.clone(),
+            api: Management::new(bases, &user, &pass),
             routed: Mutex::new(HashMap::new()),
         })
     }
 }
 
+impl RabbitMq {
+    /// The declaration's arguments: a lasting queue of a quorum URL is a quorum queue whose
+    /// delivery limit is set explicitly out of reach.
+    fn arguments(&self, queue: &QueueSpec) -> serde_json::Value {
+        if queue.lasting && self.queue_type == QueueType::Quorum {
+            serde_json::json!({"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT})
+        } else {
+            serde_json::json!({})
+        }
+    }
+
+    /// The type a queue is declared as.
+    fn type_of(&self, queue: &QueueSpec) -> QueueType {
+        if queue.lasting {
+            self.queue_type
+        } else {
+            QueueType::Classic
+        }
+    }
+}
+
+/// The type of an existing queue, from the broker's refusal of a declaration of another type:
+/// `inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received the value 'quorum' of
+/// type 'longstr' but current is none` (no argument: classic).
+fn existing_type(refusal: &str) -> Option<String> {
+    let (_, about_type) = refusal.split_once("inequivalent arg 'x-queue-type'")?;
+    let (_, current) = about_type.split_once("but current is ")?;
+    if current.starts_with("none") {
+        return Some(QueueType::Classic.name().to_owned());
+    }
+    let value = current.split('\'').nth(1)?;
+    Some(value.to_owned())
+}
+
 #[async_trait]
 impl Dialect for RabbitMq {
+    fn use_node(&self, node: &Node) {
+        // Paired by position when there is one API per node; a single API serves them all.
+        if let Some(index) = self.nodes.iter().position(|n| n == node) {
+            self.api.prefer(index);
+        }
+    }
+
     fn open_hostname(&self) -> Option<String> {
         Some(format!("vhost:{}", self.vhost))
     }
@@ -111,16 +175,40 @@ impl Dialect for RabbitMq {
     async fn declare_queue(&self, queue: &QueueSpec) -> Result<()> {
         let vhost = segment(&self.vhost);
         let name = segment(&queue.name);
-        let body = serde_json::json!({"durable": queue.durable, "auto_delete": queue.auto_delete, "arguments": {}}).to_string();
-        self.api
-            .expect_ok(
-                ErrorKind::Subscribe,
-                &format!("declaring queue {:?} (durable={}, auto_delete={}); if it exists with other settings, delete it or use another group name", queue.name, queue.durable, queue.auto_delete),
-                "PUT",
-                format!("/api/queues/{vhost}/{name}"),
-                Some(body),
-            )
+        let body = serde_json::json!({
+            "durable": queue.durable,
+            "auto_delete": queue.auto_delete,
+            "arguments": self.arguments(queue),
+        })
+        .to_string();
+        let (status, text) = self
+            .api
+            .call("PUT", format!("/api/queues/{vhost}/{name}"), Some(body))
             .await?;
+        if !(200..300).contains(&status) {
+            let wanted = self.type_of(queue).name();
+            let hint = match existing_type(&text) {
+                Some(existing) => format!(
+                    "the queue already exists as a {existing} queue and this url declares \
+                     {wanted} queues: use ?queue-type={existing}, or move its messages and \
+                     delete it"
+                ),
+                None => "if it exists with other settings, delete it or use another group name"
+                    .to_owned(),
+            };
+            return Err(Error::new(
+                ErrorKind::Subscribe,
+                format!(
+                    "cannot declare queue {:?} (durable={}, auto_delete={}, {wanted}): the \
+                     management API at {} answered {status}: {}; {hint}",
+                    queue.name,
+                    queue.durable,
+                    queue.auto_delete,
+                    self.api.preferred(),
+                    text.trim()
+                ),
+            ));
+        }
         if let Some(pattern) = &queue.binding {
             let body =
                 serde_json::json!({"routing_key": pattern.as_str(), "arguments": {}}).to_string();
@@ -187,5 +275,63 @@ impl Dialect for RabbitMq {
             cache.insert(routing_key.to_owned(), Instant::now());
         }
         Ok(Some(routed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dialect(url: &str) -> RabbitMq {
+        RabbitMq::new(&Config::parse(url).unwrap()).unwrap()
+    }
+
+    fn queue(lasting: bool) -> QueueSpec {
+        QueueSpec {
+            name: "q".to_owned(),
+            durable: lasting,
+            auto_delete: !lasting,
+            lasting,
+            binding: None,
+        }
+    }
+
+    #[test]
+    fn lasting_queues_of_a_cluster_are_quorum_queues_with_an_explicit_delivery_limit() {
+        let cluster = dialect("amqp10://h1,h2,h3");
+        let args = cluster.arguments(&queue(true));
+        assert_eq!(args["x-queue-type"], "quorum");
+        assert_eq!(args["x-delivery-limit"], i64::from(i32::MAX));
+        assert_eq!(cluster.arguments(&queue(false)), serde_json::json!({}));
+        assert_eq!(cluster.type_of(&queue(false)), QueueType::Classic);
+        let classic = dialect("amqp10://h1,h2/?queue-type=classic");
+        assert_eq!(classic.arguments(&queue(true)), serde_json::json!({}));
+        let single = dialect("amqp10://h1");
+        assert_eq!(single.arguments(&queue(true)), serde_json::json!({}));
+    }
+
+    #[test]
+    fn the_management_api_follows_the_node_in_use() {
+        let paired = dialect(
+            "amqp10://127.0.0.1:5682,127.0.0.1:5683/?management=http://127.0.0.1:15682,http://127.0.0.1:15683/",
+        );
+        assert_eq!(paired.api.preferred(), "http://127.0.0.1:15682");
+        paired.use_node(&paired.nodes[1].clone());
+        assert_eq!(paired.api.preferred(), "http://127.0.0.1:15683");
+        let derived = dialect("amqp10://a:5672,[::1]:5673");
+        derived.use_node(&derived.nodes[1].clone());
+        assert_eq!(derived.api.preferred(), "http://[::1]:15672");
+        let one = dialect("amqp10://a,b/?management=http://m:1");
+        one.use_node(&one.nodes[1].clone());
+        assert_eq!(one.api.preferred(), "http://m:1");
+    }
+
+    #[test]
+    fn a_type_mismatch_names_the_existing_type() {
+        let classic = "{\"error\":\"bad_request\",\"reason\":\"inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received the value 'quorum' of type 'longstr' but current is none\"}";
+        assert_eq!(existing_type(classic).as_deref(), Some("classic"));
+        let quorum = "inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received none but current is the value 'quorum' of type 'longstr'";
+        assert_eq!(existing_type(quorum).as_deref(), Some("quorum"));
+        assert_eq!(existing_type("something else"), None);
     }
 }
