@@ -1,19 +1,32 @@
 //! The `stomp://` URL: where the broker is, who we are, and the driver's knobs.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tidings_core::broker_url::bracketed;
+use tidings_core::broker_url::Node;
 use tidings_core::{BrokerUrl, Error, ErrorKind, Result};
+use tidings_plumbing::Tls;
 
 use crate::dialect::DialectKind;
+
+/// The driver's own option choosing the type of durable group queues (RabbitMQ only).
+const QUEUE_TYPE: &str = "queue-type";
+
+/// The type of a durable group's queue on RabbitMQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QueueType {
+    /// Lives on one node: unreachable (until that node returns) when the node dies.
+    Classic,
+    /// Replicated over the cluster's nodes (Raft): survives the loss of a minority of them.
+    Quorum,
+}
 
 /// Everything [`crate::connect`] reads from the URL.
 #[derive(Clone)]
 pub(crate) struct Config {
-    pub(crate) host: String,
-    pub(crate) port: u16,
+    /// The broker's nodes, as the URL lists them (`h1:61613,h2:61613,...`).
+    pub(crate) nodes: Vec<Node>,
     pub(crate) login: Option<String>,
     pub(crate) passcode: Option<String>,
     /// The STOMP `host` header: RabbitMQ's virtual host; ActiveMQ ignores it.
@@ -29,34 +42,37 @@ pub(crate) struct Config {
     /// Messages are sent `persistent:true` (kept across broker restarts; on RabbitMQ the
     /// receipt then also waits for the broker's confirm).
     pub(crate) persistent: bool,
-    /// `stomp+ssl://`: TLS (rustls) around the TCP connection.
-    pub(crate) tls: bool,
-    /// `?ca=<path>`: a PEM file of CA certificates trusted instead of the webpki roots.
-    pub(crate) ca: Option<PathBuf>,
+    /// `stomp+ssl://`: TLS around the TCP connection, by the shared policy (platform roots
+    /// plus the `?ca=<pem file>` certificates).
+    pub(crate) tls: Option<Arc<Tls>>,
+    /// The type of durable group queues on RabbitMQ (`?queue-type=`; quorum by default on a
+    /// URL of several nodes).
+    pub(crate) queue_type: QueueType,
+    /// Whether the URL said `queue-type=` itself.
+    pub(crate) queue_type_given: bool,
+    /// The URL without its password, for messages.
+    pub(crate) redacted: String,
 }
 
 impl fmt::Debug for Config {
     /// Never shows the passcode.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("login", &self.login)
-            .field("vhost", &self.vhost)
+            .field("url", &self.redacted)
             .field("namespace", &self.namespace)
             .field("dialect", &self.dialect)
-            .field("tls", &self.tls)
-            .field("ca", &self.ca)
+            .field("tls", &self.tls.is_some())
+            .field("queue_type", &self.queue_type)
             .finish_non_exhaustive()
     }
 }
 
 impl Config {
-    /// Parses `stomp[+ssl]://[user[:pass]@]host[:port][/vhost][?exchange=..&dialect=..
-    /// &heartbeat_ms=..&publish_timeout_ms=..&persistent=..&ca=..]`.
+    /// Parses `stomp[+ssl]://[user[:pass]@]host[:port][,host[:port]...][/vhost][?exchange=..
+    /// &dialect=..&heartbeat_ms=..&publish_timeout_ms=..&persistent=..&queue-type=..&ca=..]`.
     pub(crate) fn parse(url: &str) -> Result<Self> {
         let mut url = BrokerUrl::parse(url, "stomp", &["stomp", "stomp+ssl"])?;
-        let tls = url.scheme() == "stomp+ssl";
+        let tls = Tls::from_url(&mut url, "stomp+ssl")?.map(Arc::new);
         let bad = |option: &str, value: &str, why: &str| {
             Error::new(
                 ErrorKind::InvalidUrl,
@@ -86,25 +102,35 @@ impl Config {
                 )
             })?),
         };
-        let ca = match url.take("ca") {
-            Some(path) if !tls => {
+        let given = url.take(QUEUE_TYPE);
+        let queue_type = match given.as_deref() {
+            Some("quorum") => QueueType::Quorum,
+            Some("classic") => QueueType::Classic,
+            // A cluster's durable groups must survive the loss of a node; one node gains
+            // nothing from replication and pays for it on every message.
+            None if url.nodes().len() > 1 => QueueType::Quorum,
+            None => QueueType::Classic,
+            Some(other) => {
                 return Err(bad(
-                    "ca",
-                    &path,
-                    "a CA file only applies to stomp+ssl:// urls",
+                    QUEUE_TYPE,
+                    other,
+                    "the stomp driver knows `classic` and `quorum`",
                 ))
             }
-            path => path.map(PathBuf::from),
         };
         let heartbeat = url
             .take_ms("heartbeat_ms")?
             .unwrap_or(Duration::from_secs(10));
         let persistent = url.take_bool("persistent")?.unwrap_or(true);
-        url.reject_unknown(&["dialect", "heartbeat_ms", "persistent", "ca"])?;
+        url.reject_unknown(&[
+            "dialect",
+            "heartbeat_ms",
+            "persistent",
+            QUEUE_TYPE,
+            tidings_plumbing::tls::CA_OPTION,
+        ])?;
         Ok(Config {
-            host: url.nodes()[0].host().to_owned(),
-            // The ports RabbitMQ's STOMP plugin listens on (plain, TLS) by default.
-            port: url.nodes()[0].port_or(if tls { 61614 } else { 61613 }),
+            nodes: url.nodes().to_vec(),
             login: url.username(),
             passcode: url.password(),
             vhost: url.vhost(),
@@ -113,14 +139,21 @@ impl Config {
             heartbeat,
             publish_timeout: url.publish_timeout(),
             persistent,
+            queue_type,
+            queue_type_given: given.is_some(),
+            redacted: url.redacted().to_owned(),
             tls,
-            ca,
         })
     }
 
-    /// `host:port`, for messages and the socket.
-    pub(crate) fn address(&self) -> String {
-        format!("{}:{}", bracketed(&self.host), self.port)
+    /// The port of a node the URL gives none for: those RabbitMQ's STOMP plugin listens on
+    /// (plain, TLS) by default.
+    pub(crate) fn default_port(&self) -> u16 {
+        if self.tls.is_some() {
+            61614
+        } else {
+            61613
+        }
     }
 }
 
@@ -134,7 +167,7 @@ mod tests {
             "stomp://ann:s%40cret@example.org:61623/vh?exchange=ns1&dialect=activemq&heartbeat_ms=0",
         )
         .unwrap();
-        assert_eq!(c.address(), "example.org:61623");
+        assert_eq!(c.nodes[0].address(c.default_port()), "example.org:61623");
         assert_eq!(c.login.as_deref(), Some("ann"));
         assert_eq!(c.passcode.as_deref(), Some("s@cret"));
         assert_eq!(c.vhost, "vh");
@@ -147,10 +180,10 @@ mod tests {
     #[test]
     fn stomp_ssl_means_tls() {
         let c = Config::parse("stomp+ssl://a:b@h/?ca=/tmp/ca.pem").unwrap();
-        assert!(c.tls);
-        assert_eq!(c.port, 61614);
-        assert_eq!(c.ca.as_deref(), Some(std::path::Path::new("/tmp/ca.pem")));
-        assert!(!Config::parse("stomp://h/").unwrap().tls);
+        let tls = c.tls.as_ref().expect("tls");
+        assert_eq!(c.default_port(), 61614);
+        assert_eq!(tls.ca(), Some(std::path::Path::new("/tmp/ca.pem")));
+        assert!(Config::parse("stomp://h/").unwrap().tls.is_none());
         assert!(Config::parse("stomp://h/?ca=x").is_err());
     }
 
@@ -163,5 +196,31 @@ mod tests {
         );
         let e = Config::parse("stomp://a:secret@h/?exchange=a.b").unwrap_err();
         assert!(e.to_string().contains("one word"), "{e}");
+    }
+
+    #[test]
+    fn a_host_list_names_every_node_and_uses_quorum_queues() {
+        let c = Config::parse("stomp://u:p@h1:61682,h2,[::1]:61684/vh").unwrap();
+        let nodes: Vec<String> = c
+            .nodes
+            .iter()
+            .map(|n| n.address(c.default_port()))
+            .collect();
+        assert_eq!(nodes, ["h1:61682", "h2:61613", "[::1]:61684"]);
+        assert_eq!(c.vhost, "vh");
+        assert_eq!(c.queue_type, QueueType::Quorum);
+        assert!(!c.queue_type_given);
+        assert!(!c.redacted.contains(":p@"), "{}", c.redacted);
+        let c = Config::parse("stomp://h1,h2/?queue-type=classic").unwrap();
+        assert_eq!(
+            (c.queue_type, c.queue_type_given),
+            (QueueType::Classic, true)
+        );
+        let c = Config::parse("stomp://h1/").unwrap();
+        assert_eq!(c.queue_type, QueueType::Classic);
+        let c = Config::parse("stomp://h1/?queue-type=quorum").unwrap();
+        assert_eq!(c.queue_type, QueueType::Quorum);
+        let e = Config::parse("stomp://h1/?queue-type=stream").unwrap_err();
+        assert!(e.to_string().contains("`classic` and `quorum`"), "{e}");
     }
 }

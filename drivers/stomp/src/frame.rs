@@ -324,6 +324,15 @@ pub(crate) struct RawMessage {
 }
 
 impl RawMessage {
+    /// A message without headers or body, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self {
+            head: Bytes::new(),
+            body: Bytes::new(),
+        }
+    }
+
     /// The headers in frame order, name and value still escaped.
     pub(crate) fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let mut rest = &self.head[..];

@@ -1,7 +1,15 @@
 //! tidings driver for STOMP 1.2 brokers — RabbitMQ's STOMP plugin and Apache ActiveMQ 5 — on
 //! [async-stomp](https://docs.rs/async-stomp), selected by
-//! `stomp://user:pass@host:port[/vhost][?options]` URLs, or `stomp+ssl://` for TLS (rustls;
-//! default port 61614; `?ca=<pem file>` trusts a private CA instead of the webpki roots).
+//! `stomp://user:pass@host:port[,host:port...][/vhost][?options]` URLs, or `stomp+ssl://` for
+//! TLS (default port 61614; trust in the platform's certificate store plus the certificates of
+//! `?ca=<pem file>`, the policy every tidings driver shares).
+//!
+//! A URL may list several nodes of one broker cluster (`stomp://u:p@h1:61613,h2:61613,h3/`):
+//! the connection tries them in a shuffled order (so many daemons spread over the nodes), and
+//! when its node is lost it moves to the next live one and restores everything there: every
+//! subscription (the RPC inbox's too) is SUBSCRIBEd again, and every publish not yet receipted
+//! is re-sent, or fails to its caller once `publish_timeout_ms` runs out — none is silently
+//! lost. `Bus::status()` names the node in use.
 //!
 //! The broker is recognised from the CONNECTED frame's `server` header (or forced with
 //! `?dialect=rabbitmq|activemq`); what differs between brokers lives in one small dialect per
@@ -11,9 +19,12 @@
 //! URL options: `namespace` (one word, default `tidings`: the prefix of every destination, so
 //! several buses can share a broker), `dialect`, `heartbeat_ms` (default 10000, 0 = off),
 //! `publish_timeout_ms` (default 30000: how long a publish waits for its receipt, across
-//! reconnects), `persistent` (default true).
+//! reconnects), `persistent` (default true), `queue-type` (RabbitMQ: `classic` or `quorum`,
+//! the type of durable group queues; quorum by default on a URL of several nodes, see
+//! `docs/brokers/rabbitmq-cluster.md`), `ca` (`stomp+ssl://` only).
 //!
-//! Every publish waits for the broker's RECEIPT. The driver reconnects on its own with backoff,
+//! Every publish waits for the broker's RECEIPT. The driver reconnects on its own (the shared
+//! supervisor of `tidings-plumbing`: backoff with jitter between rounds over the nodes),
 //! re-subscribes, and re-sends publishes whose receipt the dropped connection lost
 //! (at-least-once). Deliveries are `client-individual` acked.
 
@@ -27,7 +38,6 @@ pub mod fuzzing;
 mod link;
 mod outbox;
 mod provider;
-mod tls;
 mod wire;
 
 use std::sync::Arc;
@@ -37,8 +47,9 @@ use tidings_core::{Error, ErrorKind, Result};
 
 pub use provider::StompProvider;
 
-use crate::config::Config;
+use crate::config::{Config, QueueType};
 use crate::dialect::DialectKind;
+use crate::link::Link;
 use crate::outbox::Outbox;
 use crate::wire::KeyedTopics;
 
@@ -73,25 +84,39 @@ impl StompProvider {
 /// Opens the connection, learns the broker's dialect, and starts the link.
 async fn open(url: &str) -> Result<StompProvider> {
     let config = Config::parse(url)?;
-    let (server, pending) = link::open(&config).await?;
+    let (link, server) = Link::start(config.clone()).await?;
     let server = server.unwrap_or_default();
     let kind = match config.dialect {
         Some(kind) => kind,
-        None => DialectKind::from_server(&server).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "the STOMP broker at {} says it is {server:?}, which the stomp driver does \
-                     not know; add ?dialect=rabbitmq or ?dialect=activemq to the url if it \
-                     behaves like one of them",
-                    config.address()
-                ),
-            )
-        })?,
+        None => match DialectKind::from_server(&server) {
+            Some(kind) => kind,
+            None => {
+                link.abort();
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "the STOMP broker at {} says it is {server:?}, which the stomp driver \
+                         does not know; add ?dialect=rabbitmq or ?dialect=activemq to the url if \
+                         it behaves like one of them",
+                        config.redacted
+                    ),
+                ));
+            }
+        },
     };
-    let link = pending.start(config.clone(), kind == DialectKind::RabbitMq);
+    if kind == DialectKind::ActiveMq && config.queue_type_given {
+        link.abort();
+        return Err(Error::new(
+            ErrorKind::InvalidUrl,
+            format!(
+                "?queue-type= applies to RabbitMQ only; the STOMP broker at {} is {server:?}",
+                config.redacted
+            ),
+        ));
+    }
+    link.nack_orphans(kind == DialectKind::RabbitMq);
     tracing::debug!(server = %server, dialect = ?kind, "stomp connected");
-    let dialect = kind.dialect();
+    let dialect = kind.dialect(config.queue_type == QueueType::Quorum);
     let topics = KeyedTopics {
         topic: dialect.publish_destination(&config.namespace, ""),
     };

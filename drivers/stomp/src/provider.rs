@@ -90,9 +90,10 @@ impl StompProvider {
             .foreign
             .get_or_try_init(|| async {
                 let config = self.outbox.link.config().clone();
-                let (_, pending) = crate::link::open(&config).await?;
-                let link = pending.start(config, false).without_resend();
-                let dialect = self.kind.dialect();
+                let (link, _) = crate::link::Link::start(config).await?;
+                let link = link.without_resend();
+                // Only replies go out there: no group is ever subscribed.
+                let dialect = self.kind.dialect(false);
                 let topics = KeyedTopics {
                     topic: dialect.publish_destination(&self.outbox.namespace, ""),
                 };

@@ -307,3 +307,257 @@ fn sweep_leftovers_of_earlier_runs() {
 async fn activemq_connection_cut_while_10k_flow_to_a_group() {
     connection_cut_while_10k_flow_to_a_group(Broker::ActiveMq).await;
 }
+
+/// The RabbitMQ test cluster (`scripts/cluster.sh`): node `tidings<i>@localhost` serves STOMP
+/// on 127.0.0.1:6168<i+1> and its management API on 127.0.0.1:1568<i+1>.
+mod cluster {
+    /// The STOMP ports of nodes 1, 2, 3.
+    pub(crate) const STOMP_PORTS: [u16; 3] = [61682, 61683, 61684];
+
+    /// `scripts/cluster.sh ARGS`; panics with its output when it fails.
+    pub(crate) fn sh(args: &[&str]) {
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("bash runs scripts/cluster.sh");
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "scripts/cluster.sh {args:?} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The node (1, 2, 3) whose STOMP port `address` (`127.0.0.1:61683`) names.
+    pub(crate) fn node_of(address: &str) -> usize {
+        let port: u16 = address
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no port in {address:?}"));
+        STOMP_PORTS
+            .iter()
+            .position(|p| *p == port)
+            .unwrap_or_else(|| panic!("{address} is no cluster node"))
+            + 1
+    }
+
+    /// `stomp://guest:guest@<nodes>/?...` for the given nodes (1, 2, 3), in that order.
+    pub(crate) fn url(nodes: &[usize], options: &str) -> String {
+        let hosts: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", STOMP_PORTS[n - 1]))
+            .collect();
+        format!("stomp://guest:guest@{}/?{options}", hosts.join(","))
+    }
+
+    /// Starts node `n` again when dropped, so a failing test never leaves it down.
+    pub(crate) struct Restart(pub(crate) usize);
+
+    impl Drop for Restart {
+        fn drop(&mut self) {
+            let node = self.0.to_string();
+            let _ = std::process::Command::new("bash")
+                .arg(
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("../../scripts/cluster.sh"),
+                )
+                .args(["start", &node])
+                .output();
+        }
+    }
+
+    /// Deletes the namespace's queues through the management API of the first node of
+    /// `nodes` that answers.
+    pub(crate) fn cleanup(nodes: &[usize], namespace: &str) {
+        for n in nodes {
+            let broker = format!(
+                "{}&management=http://127.0.0.1:{}",
+                url(&[*n], &format!("exchange={namespace}")),
+                15681 + n
+            );
+            let deleted = tidings_conformance::rabbitmq::Management::for_broker(&broker)
+                .and_then(|m| m.delete_namespace(namespace));
+            match deleted {
+                Ok(()) => return,
+                Err(e) => eprintln!("cleanup of {namespace} on node {n}: {e}"),
+            }
+        }
+    }
+}
+
+/// Node loss on the 3-node RabbitMQ cluster: persistent messages flow to a durable group (a
+/// quorum queue: the consumer's URL lists three nodes) while the consumer's node is killed with
+/// SIGKILL. The consumer moves to another node, re-subscribes there, and every message arrives;
+/// the publisher, on a node that stays up, has every publish confirmed. Prints the duplicates
+/// and the time from the kill to the first message handled again, then starts the node again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_cluster_consumers_node_killed_mid_stream_loses_nothing() {
+    const N: u32 = 6_000;
+    tokio::task::spawn_blocking(|| cluster::sh(&["start"]))
+        .await
+        .expect("cluster start");
+    let namespace = format!("fault-node-{}", tidings_conformance::support::unique_tag());
+    let group = format!("{namespace}.workers");
+    let options = format!("exchange={namespace}&heartbeat_ms=2000&publish_timeout_ms=120000");
+
+    // The consumer: every node, tried in a shuffled order.
+    let consumer = Bus::new(
+        tidings_stomp::connect(&cluster::url(&[1, 2, 3], &options))
+            .await
+            .expect("connect consumer to the cluster"),
+    );
+    let mut consumer_status = consumer.status();
+    let victim = match &*consumer_status.borrow_and_update() {
+        Status::Connected { node } => cluster::node_of(node),
+        other => panic!("consumer status after connect: {other:?}"),
+    };
+    // The publisher: one node that stays up (a one-host URL, so it is that node).
+    let stays = if victim == 1 { 2 } else { 1 };
+    let publisher = Bus::new(
+        tidings_stomp::connect(&cluster::url(&[stays], &options))
+            .await
+            .expect("connect publisher"),
+    );
+    println!("consumer on node {victim}, publisher on node {stays}");
+
+    let handled: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
+    let sink = handled.clone();
+    consumer
+        .subscribe::<Note>("node.*")
+        .group(&group)
+        .durable(true)
+        .prefetch(200)
+        .concurrency(8)
+        .handle(move |note: Note| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push((note.n, Instant::now()));
+                Ok(())
+            }
+        })
+        .await
+        .expect("subscribe");
+
+    let start = Instant::now();
+    let publishing: JoinHandle<Vec<String>> = {
+        let publisher = publisher.clone();
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
+                let sends = chunk.iter().map(|n| {
+                    let publisher = publisher.clone();
+                    let n = *n;
+                    async move { publisher.emit("node.item", &Note::new(n)).await }
+                });
+                for (r, n) in futures::future::join_all(sends)
+                    .await
+                    .into_iter()
+                    .zip(chunk)
+                {
+                    if let Err(e) = r {
+                        failures.push(format!("{n}: {e}"));
+                    }
+                }
+            }
+            failures
+        })
+    };
+    while handled.lock().unwrap().len() < (N / 3) as usize {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the flow did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let restart = cluster::Restart(victim);
+    let at = handled.lock().unwrap().len();
+    let killed_at = Instant::now();
+    tokio::task::spawn_blocking(move || cluster::sh(&["kill", &victim.to_string()]))
+        .await
+        .expect("kill");
+    println!("killed node {victim} (SIGKILL) after {at} of {N} deliveries");
+    // The consumer moves to another node.
+    let moved_to = tokio::time::timeout(
+        Duration::from_secs(60),
+        consumer_status.wait_for(
+            |s| matches!(s, Status::Connected { node } if cluster::node_of(node) != victim),
+        ),
+    )
+    .await
+    .expect("the consumer reconnected to another node within 60 s")
+    .expect("status watch")
+    .clone();
+    let reconnected = killed_at.elapsed();
+    let first_again = loop {
+        let after = handled
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, t)| *t)
+            .filter(|t| *t >= killed_at + reconnected)
+            .min();
+        if let Some(t) = after {
+            break t.duration_since(killed_at);
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(120),
+            "no message handled within 120 s of the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+
+    let failures = publishing.await.expect("publisher task");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let distinct = loop {
+        let distinct: BTreeSet<u32> = handled.lock().unwrap().iter().map(|(n, _)| *n).collect();
+        if distinct.len() == N as usize || Instant::now() > deadline {
+            break distinct;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let all = handled.lock().unwrap().len();
+    let lost: Vec<u32> = (0..N).filter(|n| !distinct.contains(n)).collect();
+    println!(
+        "node loss (stomp, quorum group): sent {N}, received {} distinct, lost {}, {} duplicates; \
+         consumer moved to {moved_to:?} {reconnected:?} after the kill; first message handled \
+         again {first_again:?} after the kill; publish failures: {}; total {:?}",
+        distinct.len(),
+        lost.len(),
+        all - distinct.len(),
+        failures.len(),
+        start.elapsed()
+    );
+    let _ = consumer.shutdown().await;
+    let _ = publisher.shutdown().await;
+    tokio::task::spawn_blocking(move || {
+        cluster::sh(&["start", &victim.to_string()]);
+        drop(restart);
+    })
+    .await
+    .expect("restart");
+    tokio::task::spawn_blocking({
+        let namespace = namespace.clone();
+        move || cluster::cleanup(&[stays, victim], &namespace)
+    })
+    .await
+    .expect("cleanup");
+    assert!(
+        failures.is_empty(),
+        "{} publishes failed, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        lost.is_empty(),
+        "{} messages lost across the kill of node {victim}, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+}

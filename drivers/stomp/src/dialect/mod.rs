@@ -46,10 +46,10 @@ impl DialectKind {
         }
     }
 
-    /// The dialect itself.
-    pub(crate) fn dialect(self) -> Box<dyn Dialect> {
+    /// The dialect itself; `quorum`: durable groups are quorum queues (RabbitMQ only).
+    pub(crate) fn dialect(self, quorum: bool) -> Box<dyn Dialect> {
         match self {
-            Self::RabbitMq => Box::new(RabbitMq),
+            Self::RabbitMq => Box::new(RabbitMq { quorum }),
             Self::ActiveMq => Box::new(ActiveMq),
         }
     }

@@ -40,8 +40,12 @@ const TEMP_QUEUE: &str = "a /temp-queue/ destination means a queue of the connec
     header (not in the `tidings` header's `reply-to` item)";
 
 /// The RabbitMQ dialect.
-#[derive(Debug)]
-pub(crate) struct RabbitMq;
+#[derive(Debug, Default)]
+pub(crate) struct RabbitMq {
+    /// Durable groups are quorum queues (`x-queue-type:quorum`), replicated over a cluster's
+    /// nodes, rather than classic queues that live on one node.
+    pub(crate) quorum: bool,
+}
 
 fn queue_headers(name: &str, durable: bool) -> Vec<(String, String)> {
     vec![
@@ -49,6 +53,19 @@ fn queue_headers(name: &str, durable: bool) -> Vec<(String, String)> {
         ("durable".into(), durable.to_string()),
         ("auto-delete".into(), (!durable).to_string()),
     ]
+}
+
+impl RabbitMq {
+    /// The SUBSCRIBE headers of a group's queue. RabbitMQ's STOMP plugin declares the queue
+    /// with the `x-queue-type` header as its argument; it takes no `x-delivery-limit` (3.x
+    /// quorum queues have no limit unless a policy sets one; see docs/brokers/rabbitmq-cluster.md).
+    fn group_headers(&self, name: &str, durable: bool) -> Vec<(String, String)> {
+        let mut headers = queue_headers(name, durable);
+        if durable && self.quorum {
+            headers.push(("x-queue-type".into(), "quorum".into()));
+        }
+        headers
+    }
 }
 
 impl Dialect for RabbitMq {
@@ -70,7 +87,7 @@ impl Dialect for RabbitMq {
                 let queue = format!("{namespace}.group.{name}");
                 Plan {
                     destination,
-                    headers: queue_headers(&queue, durable),
+                    headers: self.group_headers(&queue, durable),
                     filter: false,
                     retry: GiveBack::Republish(format!("/amq/queue/{queue}")),
                     requeue: GiveBack::Republish(format!("/amq/queue/{queue}")),
@@ -182,7 +199,7 @@ mod tests {
             "/exchange/amq.topic/a.b",
             "/exchange/x/",
         ] {
-            assert_eq!(RabbitMq.check_reply_address(ok), Ok(()), "{ok}");
+            assert_eq!(RabbitMq::default().check_reply_address(ok), Ok(()), "{ok}");
         }
         for bad in [
             "/temp-queue/x",
@@ -197,15 +214,52 @@ mod tests {
             "/foo/bar",
             "queue",
         ] {
-            let why = RabbitMq.check_reply_address(bad).unwrap_err();
+            let why = RabbitMq::default().check_reply_address(bad).unwrap_err();
             assert!(!why.is_empty(), "{bad}");
         }
     }
 
     #[test]
+    fn durable_groups_are_quorum_queues_when_asked() {
+        let pattern = Pattern::new("a.#").unwrap();
+        let quorum = RabbitMq { quorum: true };
+        let headers = |dialect: &RabbitMq, mode: &Mode| {
+            dialect.subscription("ns", &pattern, mode, "u").headers
+        };
+        let group = |durable: bool| Mode::Group {
+            name: "g".into(),
+            durable,
+        };
+        let durable = group(true);
+        let h = headers(&quorum, &durable);
+        assert!(
+            h.contains(&("x-queue-type".into(), "quorum".into())),
+            "{h:?}"
+        );
+        assert!(h.contains(&("durable".into(), "true".into())), "{h:?}");
+        assert!(h.contains(&("auto-delete".into(), "false".into())), "{h:?}");
+        // Classic by default; never for what dies with its subscribers.
+        let classic = headers(&RabbitMq::default(), &durable);
+        assert!(
+            !classic.iter().any(|(k, _)| k == "x-queue-type"),
+            "{classic:?}"
+        );
+        for mode in [Mode::Broadcast, group(false)] {
+            let h = headers(&quorum, &mode);
+            assert!(
+                !h.iter().any(|(k, _)| k == "x-queue-type"),
+                "{mode:?}: {h:?}"
+            );
+        }
+    }
+
+    #[test]
     fn only_the_drivers_own_inboxes_are_inboxes() {
-        let (_, address) = RabbitMq.inbox("ns", "06a4184b6f2c6e1d-5-0");
-        assert!(RabbitMq.is_inbox_address("ns", &address), "{address}");
+        let (_, address) = RabbitMq::default().inbox("ns", "06a4184b6f2c6e1d-5-0");
+        assert!(
+            RabbitMq::default().is_inbox_address("ns", &address),
+            "{address}"
+        );
         for other in [
             "/amq/queue/ns.inbox.",
             "/amq/queue/ns.inbox.x/y",
@@ -214,7 +268,10 @@ mod tests {
             "/amq/queue/other.inbox.x",
             "/queue/ns.inbox.x",
         ] {
-            assert!(!RabbitMq.is_inbox_address("ns", other), "{other}");
+            assert!(
+                !RabbitMq::default().is_inbox_address("ns", other),
+                "{other}"
+            );
         }
     }
 }
