@@ -1,24 +1,47 @@
-//! tidings-stomp beside a plain async-stomp program doing the same work, on both brokers, in
-//! the same run: publish throughput to a group (every SEND persistent and confirmed by a
-//! receipt, every delivery acked, 100 publishes in flight) and RPC round-trip latency (p50,
-//! p99; sequential calls, request persistent with a receipt and the call's deadline, reply with
-//! a receipt and the correlation id; the two clients' calls interleaved). Each round runs both
-//! parts on fresh connections; the medians over the rounds are reported.
+//! tidings-stomp beside the fastest plain async-stomp program that keeps the same promises, on
+//! both brokers, in the same run:
+//!
+//! - throughput to a group: every SEND persistent and confirmed by a RECEIPT, 100 publishes in
+//!   flight, every delivery acked (`client-individual`, prefetch 200), one message handled at a
+//!   time; from the first publish to the last delivery, with the client's CPU time per message
+//!   (user + system, whole process) beside the rate. Like tidings, the plain program writes
+//!   what it has in one go: its SENDs are fed to the connection and flushed when the window is
+//!   full, its ACKs flushed when no delivery is waiting (`BENCH_PLAIN_FLUSH=each` flushes every
+//!   frame on its own, as the bench did before);
+//! - RPC round trips (p50, p99) of sequential calls, three programs interleaved call by call:
+//!   plain "bare" (request and reply non-persistent, no receipts, no deadline, the server's
+//!   subscription `auto`-acked: the fastest plain RPC), plain "same promises" (what
+//!   `Bus::call` / `Bus::serve` do: the request persistent with a receipt, the call's deadline
+//!   as a broker expiry, `reply-to` and `correlation-id`; the caller waits for the RECEIPT and
+//!   the reply together; the server replies with a receipt and ACKs the request only once the
+//!   reply's RECEIPT came), and tidings.
+//!
+//! Each round runs every part on fresh connections; the order of the sides alternates
+//! (rotates, call by call, for RPC), and the summary is the median over the rounds with the
+//! range (min–max).
 //!
 //! `cargo bench -p tidings-stomp --bench vs_async_stomp`; numbers go in
-//! `docs/benchmarks-stomp.md`. Set `BENCH_MESSAGES` / `BENCH_CALLS` to change the sizes.
+//! `docs/benchmarks-stomp.md`. `BENCH_MESSAGES` (10,000), `BENCH_CALLS` (1,000), `BENCH_ROUNDS`
+//! (10), `BENCH_BROKERS=rabbitmq|activemq` one broker, `BENCH_ONLY=plain|tidings` one client
+//! (for `perf` or callgrind), `BENCH_PLAIN_METADATA=1` adds tidings' `tidings` header to the
+//! plain SENDs, `BENCH_WORKERS` the tokio worker threads (2).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+#[path = "../../bench_support.rs"]
+mod bench_support;
+
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_stomp::client::{Connector, Subscriber};
 use async_stomp::{AckMode, FromServer, Message, ToServer};
+use bench_support::{order, Phase, Series};
 use common::Broker;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use tidings_conformance::support::Note;
 use tidings_core::envelope::now_ms;
 use tidings_core::Bus;
@@ -28,6 +51,11 @@ const WINDOW: usize = 100;
 
 /// A call's deadline: tidings' default call timeout.
 const DEADLINE: Duration = tidings_core::rpc::DEFAULT_CALL_TIMEOUT;
+
+/// Warm-up calls of every RPC program per round.
+const WARM_UP: usize = 20;
+
+type Transport = async_stomp::client::ClientTransport;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -57,8 +85,8 @@ fn plan(broker: Broker, ns: &str, key: &str) -> Plan {
                 ("durable".into(), "true".into()),
                 ("auto-delete".into(), "false".into()),
             ],
-            inbox_sub: format!("/queue/{ns}.plaininbox"),
-            inbox_send: format!("/amq/queue/{ns}.plaininbox"),
+            inbox_sub: format!("/queue/{ns}.{key}-inbox"),
+            inbox_send: format!("/amq/queue/{ns}.{key}-inbox"),
             inbox_headers: vec![
                 ("durable".into(), "false".into()),
                 ("auto-delete".into(), "true".into()),
@@ -69,15 +97,15 @@ fn plan(broker: Broker, ns: &str, key: &str) -> Plan {
             publish: format!("/topic/VirtualTopic.{ns}.{key}"),
             group_sub: format!("/queue/Consumer.plain.VirtualTopic.{ns}.{key}"),
             group_headers: Vec::new(),
-            inbox_sub: format!("/queue/tidings-private.{ns}.plaininbox"),
-            inbox_send: format!("/queue/tidings-private.{ns}.plaininbox"),
+            inbox_sub: format!("/queue/tidings-private.{ns}.{key}-inbox"),
+            inbox_send: format!("/queue/tidings-private.{ns}.{key}-inbox"),
             inbox_headers: Vec::new(),
             prefetch: "activemq.prefetchSize",
         },
     }
 }
 
-async fn plain_connect(broker: Broker) -> async_stomp::client::ClientTransport {
+async fn plain_connect(broker: Broker) -> Transport {
     let url = url::Url::parse(&broker.url()).unwrap();
     Connector::builder()
         .server(format!(
@@ -99,11 +127,21 @@ fn plain_metadata() -> bool {
     std::env::var_os("BENCH_PLAIN_METADATA").is_some()
 }
 
-fn send(destination: &str, body: Vec<u8>, persistent: bool, receipt: String) -> Message<ToServer> {
-    let mut headers = vec![
-        ("content-length".to_owned(), body.len().to_string()),
-        ("receipt".to_owned(), receipt),
-    ];
+/// `BENCH_PLAIN_FLUSH=each`: the plain throughput program flushes every frame on its own.
+fn flush_each() -> bool {
+    std::env::var("BENCH_PLAIN_FLUSH").is_ok_and(|v| v == "each")
+}
+
+fn send(
+    destination: &str,
+    body: Vec<u8>,
+    persistent: bool,
+    receipt: Option<String>,
+) -> Message<ToServer> {
+    let mut headers = vec![("content-length".to_owned(), body.len().to_string())];
+    if let Some(receipt) = receipt {
+        headers.push(("receipt".to_owned(), receipt));
+    }
     if persistent {
         headers.push(("persistent".to_owned(), "true".to_owned()));
     }
@@ -168,53 +206,60 @@ fn subscribe(
     msg
 }
 
-/// Reads until the RECEIPT `id`.
-async fn await_receipt(t: &mut async_stomp::client::ClientTransport, id: &str) {
+/// Reads until the RECEIPT `id`; a MESSAGE read meanwhile goes to `held`.
+async fn await_receipt(t: &mut Transport, id: &str, held: &mut VecDeque<FromServer>) {
     while let Some(m) = t.next().await {
-        if let FromServer::Receipt { receipt_id } = m.expect("frame").content {
-            if receipt_id == id {
-                return;
-            }
+        match m.expect("frame").content {
+            FromServer::Receipt { receipt_id } if receipt_id == id => return,
+            message @ FromServer::Message { .. } => held.push_back(message),
+            _ => {}
         }
     }
     panic!("connection closed before receipt {id}");
 }
 
-/// A connection subscribed to the plan's group queue (`client-individual`, `prefetch`).
-async fn group_consumer(
-    broker: Broker,
-    p: &Plan,
-    prefetch: &str,
-) -> async_stomp::client::ClientTransport {
+/// A connection subscribed to the plan's group queue.
+async fn group_consumer(broker: Broker, p: &Plan, prefetch: &str, mode: AckMode) -> Transport {
     let mut consumer = plain_connect(broker).await;
     let mut headers = p.group_headers.clone();
     headers.push((p.prefetch.to_owned(), prefetch.to_owned()));
     consumer
-        .send(subscribe(
-            &p.group_sub,
-            "c",
-            headers,
-            AckMode::ClientIndividual,
-        ))
+        .send(subscribe(&p.group_sub, "c", headers, mode))
         .await
         .unwrap();
-    await_receipt(&mut consumer, "sub").await;
+    await_receipt(&mut consumer, "sub", &mut VecDeque::new()).await;
     consumer
 }
 
-async fn plain_throughput(broker: Broker, ns: &str, n: usize) -> f64 {
+/// Messages per second and client CPU µs per message through plain async-stomp.
+async fn plain_throughput(broker: Broker, ns: &str, n: usize) -> (f64, f64) {
     // Its own key: a queue bound to the key tidings publishes under would get every tidings
     // message too (twice the broker work for tidings, and 10,000 leftovers).
     let p = plan(broker, ns, "plain-tput");
-    let mut consumer = group_consumer(broker, &p, "200").await;
+    let each = flush_each();
+    let mut consumer = group_consumer(broker, &p, "200", AckMode::ClientIndividual).await;
     let (done_tx, mut done) = mpsc::channel::<()>(1);
     tokio::spawn(async move {
         let mut seen = 0;
-        while let Some(Ok(m)) = consumer.next().await {
+        loop {
+            // `next` is cancel-safe: when no delivery is waiting, write the ACKs fed so far.
+            let m = match consumer.next().now_or_never() {
+                Some(m) => m,
+                None => {
+                    consumer.flush().await.unwrap();
+                    consumer.next().await
+                }
+            };
+            let Some(Ok(m)) = m else { break };
             if let FromServer::Message { ack: Some(id), .. } = m.content {
-                consumer.send(ack(id)).await.unwrap();
+                if each {
+                    consumer.send(ack(id)).await.unwrap();
+                } else {
+                    consumer.feed(ack(id)).await.unwrap();
+                }
                 seen += 1;
                 if seen == n {
+                    consumer.flush().await.unwrap();
                     let _ = done_tx.send(()).await;
                     break;
                 }
@@ -234,21 +279,34 @@ async fn plain_throughput(broker: Broker, ns: &str, n: usize) -> f64 {
             }
         })
     };
-    let start = Instant::now();
+    let phase = Phase::start();
     for i in 0..n {
-        window.acquire().await.unwrap().forget();
+        let permit = match window.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // The window is full: write what was fed, then wait for a receipt.
+                sink.flush().await.unwrap();
+                window.acquire().await.unwrap()
+            }
+        };
+        permit.forget();
         let body = format!("{{\"n\":{i},\"text\":\"note {i}\"}}").into_bytes();
-        sink.send(send(&p.publish, body, true, i.to_string()))
-            .await
-            .unwrap();
+        let frame = send(&p.publish, body, true, Some(i.to_string()));
+        if each {
+            sink.send(frame).await.unwrap();
+        } else {
+            sink.feed(frame).await.unwrap();
+        }
     }
+    sink.flush().await.unwrap();
     done.recv().await;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let measured = phase.per_item(n);
     receipts.abort();
-    rate
+    measured
 }
 
-async fn tidings_throughput(broker: Broker, ns: &str, n: usize) -> f64 {
+/// Messages per second and client CPU µs per message through tidings.
+async fn tidings_throughput(broker: Broker, ns: &str, n: usize) -> (f64, f64) {
     let url = broker.url_in(ns, "");
     let consumer = Bus::new(tidings_stomp::connect(&url).await.unwrap());
     let publisher = Bus::new(tidings_stomp::connect(&url).await.unwrap());
@@ -271,7 +329,7 @@ async fn tidings_throughput(broker: Broker, ns: &str, n: usize) -> f64 {
         })
         .await
         .unwrap();
-    let start = Instant::now();
+    let phase = Phase::start();
     futures::stream::iter(0..n)
         .map(|i| {
             let publisher = publisher.clone();
@@ -281,53 +339,71 @@ async fn tidings_throughput(broker: Broker, ns: &str, n: usize) -> f64 {
         .collect::<Vec<_>>()
         .await;
     done.recv().await;
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let measured = phase.per_item(n);
     let _ = consumer.shutdown().await;
     let _ = publisher.shutdown().await;
-    rate
-}
-
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
-    (at(0.50), at(0.99))
+    measured
 }
 
 /// A plain async-stomp caller and server: the server replies from its own connection.
 struct PlainRpc {
-    client: async_stomp::client::ClientTransport,
+    client: Transport,
     serving: tokio::task::JoinHandle<()>,
     broker: Broker,
+    /// Keeps tidings' promises (else: bare).
+    same: bool,
     publish: String,
     inbox: String,
     sent: usize,
 }
 
 impl PlainRpc {
-    async fn start(broker: Broker, ns: &str) -> Self {
-        let p = plan(broker, ns, "plain-rpc");
-        let mut server = group_consumer(broker, &p, "10").await;
+    async fn start(broker: Broker, ns: &str, same: bool) -> Self {
+        let p = plan(
+            broker,
+            ns,
+            if same { "plain-rpc" } else { "plain-bare-rpc" },
+        );
+        let mode = if same {
+            AckMode::ClientIndividual
+        } else {
+            AckMode::Auto
+        };
+        let mut server = group_consumer(broker, &p, "10", mode).await;
         let serving = tokio::spawn(async move {
             let mut n = 0u64;
-            while let Some(Ok(m)) = server.next().await {
-                if let FromServer::Message {
-                    ack: Some(id),
+            let mut held = VecDeque::new();
+            loop {
+                let frame = match held.pop_front() {
+                    Some(frame) => frame,
+                    None => match server.next().await {
+                        Some(Ok(m)) => m.content,
+                        _ => break,
+                    },
+                };
+                let FromServer::Message {
+                    ack: ack_id,
                     headers,
                     body,
                     ..
-                } = m.content
-                {
-                    n += 1;
-                    let (Some(reply_to), Some(correlation)) = (
-                        header(&headers, "reply-to"),
-                        header(&headers, "correlation-id"),
-                    ) else {
-                        panic!("request without reply-to / correlation-id");
-                    };
-                    let mut reply =
-                        send(reply_to, body.unwrap_or_default(), false, format!("rep{n}"));
-                    push_header(&mut reply, "correlation-id", correlation.to_owned());
-                    server.send(reply).await.unwrap();
+                } = frame
+                else {
+                    continue;
+                };
+                n += 1;
+                let (Some(reply_to), Some(correlation)) = (
+                    header(&headers, "reply-to"),
+                    header(&headers, "correlation-id"),
+                ) else {
+                    panic!("request without reply-to / correlation-id");
+                };
+                let receipt = same.then(|| format!("rep{n}"));
+                let mut reply = send(reply_to, body.unwrap_or_default(), false, receipt.clone());
+                push_header(&mut reply, "correlation-id", correlation.to_owned());
+                server.send(reply).await.unwrap();
+                if let (Some(receipt), Some(id)) = (receipt, ack_id) {
+                    // At least once: the request is acked only once the reply is stored.
+                    await_receipt(&mut server, &receipt, &mut held).await;
                     server.send(ack(id)).await.unwrap();
                 }
             }
@@ -342,37 +418,43 @@ impl PlainRpc {
             ))
             .await
             .unwrap();
-        await_receipt(&mut client, "sub").await;
+        await_receipt(&mut client, "sub", &mut VecDeque::new()).await;
         Self {
             client,
             serving,
             broker,
+            same,
             publish: p.publish,
             inbox: p.inbox_send,
             sent: 0,
         }
     }
 
-    /// One call: the request's RECEIPT and the reply with the request's correlation id. Like
-    /// tidings' call, the request names its reply destination and carries the call's deadline
-    /// as a broker expiry, so a server never answers a caller that gave up, and the caller
-    /// waits no longer than the deadline.
+    /// One call. Same promises: like tidings' call, the request is persistent with a receipt,
+    /// names its reply destination and carries the call's deadline as a broker expiry, so a
+    /// server never answers a caller that gave up; the caller waits for the RECEIPT and the
+    /// reply with its correlation id, no longer than the deadline. Bare: a non-persistent
+    /// request without receipt or expiry, and the reply.
     async fn call(&mut self) -> Duration {
         self.sent += 1;
         let start = Instant::now();
         let correlation = self.sent.to_string();
-        let mut request = send(&self.publish, vec![2, 40], true, format!("q{}", self.sent));
+        let receipt = self.same.then(|| format!("q{}", self.sent));
+        let mut request = send(&self.publish, vec![2, 40], self.same, receipt);
         push_header(&mut request, "reply-to", self.inbox.clone());
         push_header(&mut request, "correlation-id", correlation.clone());
-        let (name, value) = match self.broker {
-            Broker::RabbitMq => ("expiration", DEADLINE.as_millis()),
-            Broker::ActiveMq => ("expires", u128::from(now_ms()) + DEADLINE.as_millis()),
-        };
-        push_header(&mut request, name, value.to_string());
+        if self.same {
+            let (name, value) = match self.broker {
+                Broker::RabbitMq => ("expiration", DEADLINE.as_millis()),
+                Broker::ActiveMq => ("expires", u128::from(now_ms()) + DEADLINE.as_millis()),
+            };
+            push_header(&mut request, name, value.to_string());
+        }
         self.client.send(request).await.unwrap();
         let client = &mut self.client;
+        let mut receipt = !self.same;
         let answered = async {
-            let (mut receipt, mut reply) = (false, false);
+            let mut reply = false;
             while !(receipt && reply) {
                 match client.next().await.unwrap().unwrap().content {
                     FromServer::Receipt { .. } => receipt = true,
@@ -434,70 +516,190 @@ impl TidingsRpc {
     }
 }
 
-/// Sequential calls of both clients, interleaved one by one (who goes first alternates), so
-/// that both see the same broker: its disk, its JIT and its garbage collector change over a
-/// run, and a client measured after the other would get a different broker. The first 20
-/// calls of each are warm-up. Returns (plain, tidings) samples; `None` for a client not run.
-async fn rpc(
-    broker: Broker,
-    ns: &str,
-    calls: usize,
-    run_plain: bool,
-    run_tidings: bool,
-) -> (Option<Vec<Duration>>, Option<Vec<Duration>>) {
-    let mut plain = if run_plain {
-        Some(PlainRpc::start(broker, ns).await)
+/// The RPC programs, in the order of the results.
+const RPC_NAMES: [&str; 3] = ["plain bare", "plain same", "tidings"];
+
+/// Sequential calls of the three programs, interleaved one by one (who goes first rotates
+/// with every call), so that all see the same broker: its disk, its JIT and its garbage
+/// collector change over a run, and a client measured after the other would get a different
+/// broker. The first calls of each are warm-up. Returns each program's samples (`None` for a
+/// program not run).
+async fn rpc(broker: Broker, ns: &str, calls: usize, run: [bool; 3]) -> [Option<Vec<Duration>>; 3] {
+    let mut bare = if run[0] {
+        Some(PlainRpc::start(broker, ns, false).await)
     } else {
         None
     };
-    let tidings = if run_tidings {
+    let mut same = if run[1] {
+        Some(PlainRpc::start(broker, ns, true).await)
+    } else {
+        None
+    };
+    let tidings = if run[2] {
         Some(TidingsRpc::start(broker, ns).await)
     } else {
         None
     };
-    let mut plain_samples = Vec::with_capacity(calls);
-    let mut tidings_samples = Vec::with_capacity(calls);
-    for i in 0..calls + 20 {
-        let mut took = (None, None);
-        for turn in [i % 2, 1 - i % 2] {
-            match (turn, &mut plain, &tidings) {
-                (0, Some(p), _) => took.0 = Some(p.call().await),
-                (1, _, Some(t)) => took.1 = Some(t.call().await),
-                _ => {}
+    let mut samples: [Vec<Duration>; 3] = Default::default();
+    for i in 0..calls + WARM_UP {
+        for program in order(i, 3) {
+            let took = match (program, &mut bare, &mut same, &tidings) {
+                (0, Some(p), _, _) => p.call().await,
+                (1, _, Some(p), _) => p.call().await,
+                (2, _, _, Some(t)) => t.call().await,
+                _ => continue,
+            };
+            if i >= WARM_UP {
+                samples[program].push(took);
             }
         }
-        if i >= 20 {
-            plain_samples.extend(took.0);
-            tidings_samples.extend(took.1);
-        }
     }
-    if let Some(p) = plain {
+    for p in [bare, same].into_iter().flatten() {
         p.stop();
     }
     if let Some(t) = tidings {
         t.stop().await;
     }
-    (
-        run_plain.then_some(plain_samples),
-        run_tidings.then_some(tidings_samples),
-    )
+    let [a, b, c] = samples;
+    [
+        run[0].then_some(a),
+        run[1].then_some(b),
+        run[2].then_some(c),
+    ]
 }
 
-/// The medians of the runs' p50 and p99 (zero without runs).
-fn median_percentiles(runs: &[(Duration, Duration)]) -> (Duration, Duration) {
-    if runs.is_empty() {
-        return (Duration::ZERO, Duration::ZERO);
+async fn bench(broker: Broker, n: usize, calls: usize, rounds: usize, only: &str) {
+    let (run_plain, run_tidings) = (only != "tidings", only != "plain");
+    let ns = format!("bench-{}", tidings_conformance::support::unique_tag());
+    println!(
+        "{}: throughput {n} messages (persistent, receipts, {WINDOW} in flight, client-individual \
+         acks, prefetch 200{}), rates in msg/s, client CPU (user + system, whole process) in µs \
+         per message",
+        broker.label(),
+        if flush_each() {
+            "; plain flushes every frame"
+        } else {
+            "; plain batches its writes"
+        }
+    );
+    let (mut plain_rate, mut tidings_rate) = (Series::default(), Series::default());
+    let (mut plain_cpu, mut tidings_cpu) = (Series::default(), Series::default());
+    let (mut ratio, mut cpu_ratio) = (Series::default(), Series::default());
+    let mut p50: [Series; 3] = Default::default();
+    let mut p99: [Series; 3] = Default::default();
+    let (mut vs_bare, mut vs_same) = (Series::default(), Series::default());
+    let mut rpc_lines = Vec::new();
+    for round in 0..rounds {
+        let ns = format!("{ns}-{round}");
+        let mut line = format!("  round {:>2}:", round + 1);
+        let (mut p, mut t) = (None, None);
+        for side in order(round, 2) {
+            if n == 0 {
+                break;
+            }
+            if side == 0 && run_plain {
+                let r = plain_throughput(broker, &ns, n).await;
+                line += &format!("  async-stomp {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
+                p = Some(r);
+            }
+            if side == 1 && run_tidings {
+                let r = tidings_throughput(broker, &ns, n).await;
+                line += &format!("  tidings {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
+                t = Some(r);
+            }
+        }
+        if let Some(p) = p {
+            plain_rate.push(p.0);
+            plain_cpu.push(p.1);
+        }
+        if let Some(t) = t {
+            tidings_rate.push(t.0);
+            tidings_cpu.push(t.1);
+        }
+        if let (Some(p), Some(t)) = (p, t) {
+            ratio.push(t.0 / p.0);
+            cpu_ratio.push(t.1 / p.1);
+            line += &format!("  ratio {:.3}  CPU ratio {:.3}", t.0 / p.0, t.1 / p.1);
+        }
+        if n > 0 {
+            println!("{line}");
+        }
+        if calls > 0 {
+            let got = rpc(broker, &ns, calls, [run_plain, run_plain, run_tidings]).await;
+            let mut line = format!("  round {:>2}:", round + 1);
+            let mut medians = [None; 3];
+            for (i, samples) in got.into_iter().enumerate() {
+                if let Some(samples) = samples {
+                    let (a, b) = bench_support::p50_p99_ms(samples);
+                    p50[i].push(a);
+                    p99[i].push(b);
+                    medians[i] = Some(a);
+                    line += &format!("  {} {a:.3} / {b:.3}", RPC_NAMES[i]);
+                }
+            }
+            if let [Some(bare), Some(same), Some(tidings)] = medians {
+                vs_bare.push(tidings / bare);
+                vs_same.push(tidings / same);
+                line += &format!(
+                    "  p50 ratio vs bare {:.3}, vs same {:.3}",
+                    tidings / bare,
+                    tidings / same
+                );
+            }
+            rpc_lines.push(line);
+        }
     }
-    (
-        median(runs.iter().map(|r| r.0).collect()),
-        median(runs.iter().map(|r| r.1).collect()),
-    )
-}
-
-/// The median of `runs`.
-fn median<T: PartialOrd>(mut runs: Vec<T>) -> T {
-    runs.sort_by(|a, b| a.partial_cmp(b).expect("no NaN among the runs"));
-    runs.swap_remove(runs.len() / 2)
+    if n > 0 {
+        println!(
+            "  medians over {rounds} rounds (min–max):\n    async-stomp  {} msg/s, CPU {} \
+             µs/msg\n    tidings      {} msg/s, CPU {} µs/msg",
+            plain_rate.show(0),
+            plain_cpu.show(1),
+            tidings_rate.show(0),
+            tidings_cpu.show(1)
+        );
+        if !ratio.is_empty() {
+            println!(
+                "    throughput ratio tidings / plain {}\n    CPU ratio tidings / plain {}",
+                ratio.show(3),
+                cpu_ratio.show(3)
+            );
+        }
+    }
+    if calls > 0 {
+        println!(
+            "{}: rpc, {calls} sequential calls per program and round (after {WARM_UP} warm-up \
+             calls), interleaved call by call; plain bare (non-persistent, no receipts, no \
+             expiry, auto ack) and plain same promises; p50 / p99 in ms",
+            broker.label()
+        );
+        for line in rpc_lines {
+            println!("{line}");
+        }
+        println!("  medians over {rounds} rounds (min–max):");
+        for i in 0..3 {
+            if !p50[i].is_empty() {
+                println!(
+                    "    {:<11} p50 {} ms, p99 {} ms",
+                    RPC_NAMES[i],
+                    p50[i].show(3),
+                    p99[i].show(3)
+                );
+            }
+        }
+        if !vs_bare.is_empty() {
+            println!(
+                "    p50 ratio tidings / plain bare {}, tidings / plain same promises {} (below \
+                 1: tidings faster)",
+                vs_bare.show(3),
+                vs_same.show(3)
+            );
+        }
+    }
+    let namespaces: Vec<String> = (0..rounds).map(|r| format!("{ns}-{r}")).collect();
+    tokio::task::spawn_blocking(move || common::admin::purge(broker, &namespaces))
+        .await
+        .unwrap();
 }
 
 fn main() {
@@ -506,95 +708,30 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let n = env_or("BENCH_MESSAGES", if quick { 200 } else { 10_000 });
     let calls = env_or("BENCH_CALLS", if quick { 20 } else { 1_000 });
-    // Rounds of throughput (plain and tidings, who goes first alternating) and RPC; the medians
-    // are reported.
-    let rounds = env_or("BENCH_ROUNDS", if quick { 1 } else { 3 }).max(1);
-    // `BENCH_ONLY=plain|tidings` runs one client (for `perf stat`), `BENCH_BROKERS=rabbitmq`
-    // one broker.
+    let rounds = env_or("BENCH_ROUNDS", if quick { 1 } else { 10 }).max(1);
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
     let brokers = std::env::var("BENCH_BROKERS").unwrap_or_default();
-    let run_plain = only != "tidings";
-    let run_tidings = only != "plain";
     let rt = tokio::runtime::Builder::new_multi_thread()
         // `BENCH_WORKERS=1`: every task on one thread, to tell wake-ups across threads apart.
         .worker_threads(env_or("BENCH_WORKERS", 2))
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        println!("| broker | client | throughput (msg/s) | RPC p50 | RPC p99 |");
-        println!("|---|---|---:|---:|---:|");
-        for broker in [Broker::RabbitMq, Broker::ActiveMq] {
-            if !brokers.is_empty() && !brokers.contains(broker.label()) {
-                continue;
-            }
-            let ns = format!("bench-{}", tidings_conformance::support::unique_tag());
-            let (mut plain_rates, mut tidings_rates) = (Vec::new(), Vec::new());
-            let (mut plain_rpc, mut tidings_rpc) = (Vec::new(), Vec::new());
-            for round in 0..rounds {
-                let ns = format!("{ns}-{round}");
-                // Who goes first alternates: a run leaves the broker busy for a while (acked
-                // messages to clean up), which slows whoever runs next.
-                for plain_turn in [round % 2 == 0, round % 2 == 1] {
-                    if plain_turn && run_plain {
-                        plain_rates.push(plain_throughput(broker, &ns, n).await);
-                    }
-                    if !plain_turn && run_tidings {
-                        tidings_rates.push(tidings_throughput(broker, &ns, n).await);
-                    }
+    println!("load average {}", bench_support::load_average());
+    // Everything runs in a spawned task, on the runtime's workers, as an application's code
+    // does: not on the thread that blocks on the runtime.
+    rt.block_on(async move {
+        tokio::spawn(async move {
+            for broker in [Broker::RabbitMq, Broker::ActiveMq] {
+                if !brokers.is_empty() && !brokers.contains(broker.label()) {
+                    continue;
                 }
-                if calls > 0 {
-                    let (plain, tidings) = rpc(broker, &ns, calls, run_plain, run_tidings).await;
-                    plain_rpc.extend(plain.map(percentiles));
-                    tidings_rpc.extend(tidings.map(percentiles));
-                }
+                bench(broker, n, calls, rounds, &only).await;
+                println!();
             }
-            let (pp50, pp99) = median_percentiles(&plain_rpc);
-            let (tp50, tp99) = median_percentiles(&tidings_rpc);
-            let plain_rate = if run_plain {
-                median(plain_rates.clone())
-            } else {
-                0.0
-            };
-            let tidings_rate = if run_tidings {
-                median(tidings_rates.clone())
-            } else {
-                0.0
-            };
-            println!(
-                "| {} | async-stomp | {plain_rate:.0} | {pp50:.2?} | {pp99:.2?} |",
-                broker.label()
-            );
-            println!(
-                "| {} | tidings-stomp | {tidings_rate:.0} | {tp50:.2?} | {tp99:.2?} |",
-                broker.label()
-            );
-            println!(
-                "| {} | ratio | {:.2} | {:.2} | {:.2} |",
-                broker.label(),
-                tidings_rate / plain_rate,
-                pp50.as_secs_f64() / tp50.as_secs_f64(),
-                pp99.as_secs_f64() / tp99.as_secs_f64()
-            );
-            eprintln!(
-                "{}: throughput runs (msg/s): plain {plain_rates:.0?}, tidings {tidings_rates:.0?}",
-                broker.label()
-            );
-            let micros = |runs: &[(Duration, Duration)]| -> Vec<(u128, u128)> {
-                runs.iter()
-                    .map(|(p50, p99)| (p50.as_micros(), p99.as_micros()))
-                    .collect()
-            };
-            eprintln!(
-                "{}: RPC runs (p50, p99 in µs): plain {:?}, tidings {:?}",
-                broker.label(),
-                micros(&plain_rpc),
-                micros(&tidings_rpc)
-            );
-            let namespaces: Vec<String> = (0..rounds).map(|r| format!("{ns}-{r}")).collect();
-            tokio::task::spawn_blocking(move || common::admin::purge(broker, &namespaces))
-                .await
-                .unwrap();
-        }
+        })
+        .await
+        .unwrap();
     });
+    println!("load average {}", bench_support::load_average());
 }
