@@ -19,6 +19,10 @@
 use std::fmt;
 use std::time::Duration;
 
+mod listing;
+
+pub use listing::{Binding, Exchange, QueueDetails};
+
 use base64::Engine as _;
 use serde::Deserialize;
 use tidings_core::broker_url::bracketed;

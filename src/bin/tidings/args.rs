@@ -52,6 +52,87 @@ pub(crate) enum Command {
         after_help = "Example:\n  tidings bench memory:// --messages 100000 --size 128 --rpc 10000"
     )]
     Bench(BenchArgs),
+    /// Declare, check, or write systemd units for, the topology of a system file (tidings.toml).
+    #[command(subcommand)]
+    Topology(TopologyCommand),
+    /// Run a whole system on this machine (development): apply its topology, then start and
+    /// supervise every component's replicas.
+    #[command(
+        after_help = "Example:\n  tidings up tidings.toml --drain-timeout 5s\n  Ctrl-C or SIGTERM stops every process: SIGTERM, the drain timeout, then SIGKILL.\n  For production, run the components under systemd (`tidings topology systemd`) or Kubernetes."
+    )]
+    Up(UpArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TopologyCommand {
+    /// Declare on the broker every durable group the components take from (queues, bindings,
+    /// dead-letter queues), so nothing sent before they start is lost. Idempotent.
+    #[command(after_help = "Example:\n  tidings topology apply tidings.toml")]
+    Apply(FileArgs),
+    /// Print what the broker has that differs from the file; exit 1 if anything differs.
+    #[command(
+        after_help = "Example:\n  tidings topology check tidings.toml --management http://rabbit:15672"
+    )]
+    Check(CheckArgs),
+    /// Write systemd units: one template per component (name@N), a oneshot that applies the
+    /// topology, and a target that starts them all.
+    #[command(
+        after_help = "Example:\n  tidings topology systemd tidings.toml --out deploy/systemd"
+    )]
+    Systemd(SystemdArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct FileArgs {
+    /// The system file
+    #[arg(default_value = "tidings.toml")]
+    pub(crate) file: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckArgs {
+    /// The system file
+    #[arg(default_value = "tidings.toml")]
+    pub(crate) file: std::path::PathBuf,
+    /// RabbitMQ's management API (default: the broker url's `?management=`, else
+    /// TIDINGS_RABBITMQ_MANAGEMENT, else http://<broker host>:15672)
+    #[arg(long, value_name = "URL")]
+    pub(crate) management: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SystemdArgs {
+    /// The system file
+    #[arg(default_value = "tidings.toml")]
+    pub(crate) file: std::path::PathBuf,
+    /// Where to write the units
+    #[arg(long, default_value = "systemd")]
+    pub(crate) out: std::path::PathBuf,
+    /// The prefix of every unit's name (default: the file's name without .toml)
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    /// The tidings binary the topology unit runs (default: this one)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) tidings: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// The system file
+    #[arg(default_value = "tidings.toml")]
+    pub(crate) file: std::path::PathBuf,
+    /// How long stopped processes get between SIGTERM and SIGKILL
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) drain_timeout: Duration,
+    /// How many times in a row a crashing process is restarted before up gives up on it
+    #[arg(long, default_value_t = 5)]
+    pub(crate) max_restarts: usize,
+    /// The first restart's delay; each next one doubles, up to 30s
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub(crate) restart_delay: Duration,
+    /// Start the processes without declaring the topology first
+    #[arg(long)]
+    pub(crate) no_apply: bool,
 }
 
 #[derive(Debug, Args)]

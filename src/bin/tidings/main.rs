@@ -1,6 +1,7 @@
 //! `tidings`: poke a running system from the command line — see what flows, send an event, call a
 //! service, turn any program into a worker, replay dead letters, and check a broker with the
-//! conformance suite before trusting it.
+//! conformance suite before trusting it — and run a system of daemons from its system file:
+//! declare and check its topology, write its systemd units, or start it all with `up`.
 
 mod args;
 mod bench;
@@ -9,6 +10,8 @@ mod dead_letters;
 mod failure;
 mod messages;
 mod show;
+mod topology;
+mod up;
 
 use std::process::ExitCode;
 
@@ -51,6 +54,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let url = args.url.clone().or(url).ok_or_else(Failure::no_url)?;
             bench::run(&url, args).await
         }
+        Command::Topology(command) => topology::run(url.as_deref(), command).await,
+        Command::Up(args) => up::run(url.as_deref(), args).await,
         Command::Conformance(_) => unreachable!("handled before the runtime starts"),
     }
 }
