@@ -1,46 +1,71 @@
-//! tidings-amqp10 beside a plain fe2o3-amqp program doing the same work on the same broker in
-//! the same run: confirmed throughput to a competing-consumer queue, and RPC round-trip
-//! latency (p50/p99). Both sides publish durable, unsettled (confirmed) messages into a topic
-//! exchange and consume `/amq/queue/Q` with link credit granted on exhaustion.
+//! tidings-amqp10 beside the fastest plain fe2o3-amqp program that keeps the same promises, on
+//! the same broker in the same run:
 //!
-//! Besides wall-clock rates (bounded by the broker, which shares the machine) it reports the
-//! client's own CPU time per message, read from `/proc/self/stat` around each phase: that is
-//! what the driver costs, whatever the broker and the other processes do.
+//! 1. throughput: 20,000 durable, unsettled (confirmed) messages of 100 bytes into a topic
+//!    exchange, 500 in flight on both sides (a sliding window), consumed on a second connection
+//!    from the durable queue `/amq/queue/Q` with link credit 500 granted when used up, each
+//!    message accepted once handled (the plain consumer, like tidings, gathers its accepts and
+//!    sends them in one disposition whenever nothing else is waiting); from the first publish
+//!    to the last message handled, with the client's CPU time per message (user + system,
+//!    whole process) beside the rate;
+//! 2. RPC latency (p50/p99) of sequential calls, three programs in every round: plain "bare"
+//!    (requests and replies sent pre-settled and non-durable straight to a queue, consumed
+//!    pre-settled: the fastest plain RPC), plain "same promises" (what tidings does: the
+//!    request durable, confirmed, with the call's deadline as its TTL, through the topic
+//!    exchange to a durable queue; the caller waits for the request's confirm and the reply
+//!    together; the server sends a non-durable reply to the caller's non-durable inbox queue
+//!    (`/amq/queue/…`), waits for its confirm, then accepts the request), and tidings.
+//!
+//! Each round runs every side; the order alternates (rotates for the three RPC programs), and
+//! the summary is the median over the rounds with the range (min–max).
 //!
 //! Run: `cargo bench -p tidings-amqp10 --bench vs_fe2o3` (broker: `TIDINGS_AMQP10_URL`).
-//! `TIDINGS_BENCH_SIDE=plain|tidings` runs one side only (for `perf`); `TIDINGS_BENCH_ROUNDS`
-//! sets how many alternating rounds run (default 2; each round's rates are printed, then the
-//! best of each side);
-//! `TIDINGS_BENCH_CALLS` how many RPC calls (default 2000; 0 leaves the throughput phase alone);
-//! `TIDINGS_BENCH_MESSAGES` how many messages the throughput phase sends (default 20000).
+//! `TIDINGS_BENCH_ROUNDS` (default 10); `TIDINGS_BENCH_MESSAGES` (default 20000; 0 skips the
+//! throughput part); `TIDINGS_BENCH_CALLS` (default 2000; 0 skips RPC);
+//! `TIDINGS_BENCH_SIDE=plain|tidings` runs one side only (for callgrind or perf);
+//! `TIDINGS_BENCH_PLAIN_METADATA=1` makes the plain throughput messages carry what a tidings
+//! envelope adds on the wire, which tells the cost of that metadata apart from the driver's.
 
+#[path = "../../bench_support.rs"]
+mod bench_support;
+
+use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
-use fe2o3_amqp::link::CreditMode;
-use fe2o3_amqp::types::messaging::{Body, Data, Message, Properties};
+use bench_support::{order, p50_p99_ms, process_cpu, Phase, Series};
+use fe2o3_amqp::link::delivery::DeliveryFut;
+use fe2o3_amqp::link::{CreditMode, SendError};
+use fe2o3_amqp::types::definitions::SenderSettleMode;
+use fe2o3_amqp::types::messaging::{Body, Data, Message, MessageId, Outcome, Properties};
 use fe2o3_amqp::types::primitives::{Binary, Value};
-use fe2o3_amqp::{Connection, Receiver, Sendable, Sender, Session};
-use futures::future::join_all;
+use fe2o3_amqp::{Receiver, Sendable, Sender};
+use futures::future::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tidings_conformance::rabbitmq::Management;
 use tidings_core::Bus;
 
 const WINDOW: usize = 500;
-/// Messages of the throughput phase; `TIDINGS_BENCH_MESSAGES` overrides it (a multiple of the
-/// window), so that running N and 2N under callgrind gives the cost per message without the
-/// set-up.
-fn messages() -> u32 {
-    std::env::var("TIDINGS_BENCH_MESSAGES")
+/// Warm-up calls before every RPC run.
+const WARM_UP: usize = 100;
+/// A call's deadline: tidings' default call timeout, which travels as the request's TTL.
+const DEADLINE: Duration = tidings_core::rpc::DEFAULT_CALL_TIMEOUT;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(20_000)
+        .unwrap_or(default)
 }
-/// RPC calls per side; `TIDINGS_BENCH_CALLS` overrides it (0 profiles the throughput phase
-/// alone).
+
+/// Messages of the throughput phase; `TIDINGS_BENCH_MESSAGES` overrides it, so that running N
+/// and 2N under callgrind gives the cost per message without the set-up.
+fn messages() -> usize {
+    env_or("TIDINGS_BENCH_MESSAGES", 20_000)
+}
+
+/// RPC calls per program and round; `TIDINGS_BENCH_CALLS` overrides it.
 fn calls() -> usize {
-    std::env::var("TIDINGS_BENCH_CALLS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(2_000)
+    env_or("TIDINGS_BENCH_CALLS", 2_000)
 }
 
 fn base_url() -> String {
@@ -51,49 +76,23 @@ fn base_url() -> String {
 }
 
 /// The management API of the bench's broker: the plain side declares and deletes its topology
-/// there, as RabbitMQ cannot declare queues or bindings over AMQP 1.0.
+/// there, as RabbitMQ cannot declare durable queues or bindings over AMQP 1.0.
 fn management() -> Management {
     Management::for_broker(&base_url()).expect("broker url")
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+/// Runs blocking management calls off the runtime's workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
-struct Result {
-    throughput: f64,
-    /// Client CPU time (user + system, all threads) per message of the throughput phase.
-    cpu_per_message: Duration,
-    p50: Duration,
-    p99: Duration,
-}
-
-/// CPU time this process has used so far (user + system, every thread), from
-/// `/proc/self/stat` (10 ms resolution; a phase takes seconds).
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at state = field 3.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // utime and stime are fields 14 and 15, i.e. indices 11 and 12 here; USER_HZ is 100.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
-async fn tidings_side(exchange: &str) -> Result {
+/// Messages per second and client CPU µs per message through tidings.
+async fn tidings_throughput(exchange: &str) -> (f64, f64) {
     let url = format!("{}?exchange={exchange}", base_url());
     let consumer = Bus::new(tidings_amqp10::connect(&url).await.expect("connect"));
     let publisher = Bus::new(tidings_amqp10::connect(&url).await.expect("connect"));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    consumer
+    let sub = consumer
         .subscribe::<Vec<u8>>("bench.*")
         .group(&format!("{exchange}-work"))
         .prefetch(WINDOW as u16)
@@ -107,55 +106,29 @@ async fn tidings_side(exchange: &str) -> Result {
         .await
         .expect("subscribe");
     let payload = vec![7u8; 100];
-    let started = Instant::now();
-    let cpu = process_cpu();
-    for chunk in (0..messages()).collect::<Vec<_>>().chunks(WINDOW) {
-        let sends = chunk
-            .iter()
-            .map(|_| std::future::IntoFuture::into_future(publisher.emit("bench.item", &payload)));
-        for r in join_all(sends).await {
-            r.expect("publish");
-        }
-    }
-    for _ in 0..messages() {
+    let n = messages();
+    let phase = Phase::start();
+    futures::stream::iter(0..n)
+        .map(|_| publisher.emit("bench.item", &payload).into_future())
+        .buffer_unordered(WINDOW)
+        .for_each(|r| async move { r.expect("publish") })
+        .await;
+    for _ in 0..n {
         rx.recv().await.expect("consume");
     }
-    let throughput = f64::from(messages()) / started.elapsed().as_secs_f64();
-    let cpu_per_message = (process_cpu() - cpu) / messages();
-
-    let name = format!("{exchange}-add");
-    consumer
-        .serve(&name, |pair: Vec<u8>| async move {
-            Ok(pair.iter().map(|x| u64::from(*x)).sum::<u64>())
-        })
-        .await
-        .expect("serve");
-    let mut latencies = Vec::with_capacity(calls());
-    for _ in 0..calls() {
-        let t = Instant::now();
-        let sum: u64 = publisher.call(&name, &vec![2u8, 40]).await.expect("call");
-        assert_eq!(sum, 42);
-        latencies.push(t.elapsed());
-    }
-    latencies.sort();
+    let measured = phase.per_item(n);
+    sub.unsubscribe().await;
     let _ = publisher.shutdown().await;
     let _ = consumer.shutdown().await;
-    let cleanup_url = url.clone();
-    let _ =
-        tokio::task::spawn_blocking(move || Management::delete_namespace_of(&cleanup_url)).await;
-    Result {
-        throughput,
-        cpu_per_message,
-        p50: percentile(&latencies, 0.5),
-        p99: percentile(&latencies, 0.99),
-    }
+    let _ = blocking(move || Management::delete_namespace_of(&url)).await;
+    measured
 }
 
 /// With `TIDINGS_BENCH_PLAIN_METADATA=1` the plain side's throughput messages carry what a
 /// tidings envelope adds on the wire (message id, content type, creation time and the
 /// `tidings-*` application properties), which tells the cost of that metadata apart from the
 /// driver's own.
-fn with_metadata(mut sendable: Sendable<Body<Value>>, n: u32) -> Sendable<Body<Value>> {
+fn with_metadata(mut sendable: Sendable<Body<Value>>, n: usize) -> Sendable<Body<Value>> {
     use fe2o3_amqp::types::messaging::ApplicationProperties;
     use fe2o3_amqp::types::primitives::{OrderedMap, SimpleValue, Symbol, Timestamp};
     if let Some(p) = sendable.message.properties.as_mut() {
@@ -177,26 +150,49 @@ fn with_metadata(mut sendable: Sendable<Body<Value>>, n: u32) -> Sendable<Body<V
     sendable
 }
 
+/// What a plain message is.
+#[derive(Clone, Copy)]
+struct Kind {
+    durable: bool,
+    /// Sent settled: no confirm.
+    settled: bool,
+    /// The header's TTL (tidings sends the call's deadline with a request).
+    ttl: Option<Duration>,
+}
+
+const CONFIRMED_DURABLE: Kind = Kind {
+    durable: true,
+    settled: false,
+    ttl: None,
+};
+
 fn message(
+    kind: Kind,
     subject: &str,
     reply_to: Option<String>,
-    correlation: Option<String>,
+    id: Option<MessageId>,
+    correlation: Option<MessageId>,
     body: Vec<u8>,
 ) -> Sendable<Body<Value>> {
     let message = Message::builder()
         .header(fe2o3_amqp::types::messaging::Header {
-            durable: true,
+            durable: kind.durable,
+            ttl: kind.ttl.map(|t| t.as_millis().min(u32::MAX as u128) as u32),
             ..Default::default()
         })
         .properties(Properties {
             subject: Some(subject.to_owned()),
             reply_to,
-            correlation_id: correlation.map(Into::into),
+            message_id: id,
+            correlation_id: correlation,
             ..Default::default()
         })
         .body(Body::Data(vec![Data(Binary::from(body))].into()))
         .build();
-    Sendable::builder().message(message).settled(false).build()
+    Sendable::builder()
+        .message(message)
+        .settled(kind.settled)
+        .build()
 }
 
 async fn top_up(receiver: &mut Receiver, credit: u32) {
@@ -205,151 +201,501 @@ async fn top_up(receiver: &mut Receiver, credit: u32) {
     }
 }
 
-async fn plain_side(exchange: &str) -> Result {
+/// A plain connection and session.
+async fn open() -> (Connection, Session) {
+    let stream = tokio::net::TcpStream::connect("127.0.0.1:5672")
+        .await
+        .expect("tcp");
+    stream.set_nodelay(true).expect("nodelay");
+    let mut c = fe2o3_amqp::Connection::builder()
+        .container_id(format!("plain-{}", tidings_core::envelope::new_id()))
+        .hostname("vhost:/")
+        .sasl_profile(("guest", "guest"))
+        .open_with_stream(stream)
+        .await
+        .expect("open");
+    let s = fe2o3_amqp::Session::begin(&mut c).await.expect("session");
+    (c, s)
+}
+
+/// A plain connection and session as fe2o3 hands them out.
+type Connection = fe2o3_amqp::connection::ConnectionHandle<()>;
+type Session = fe2o3_amqp::session::SessionHandle<()>;
+
+async fn close((mut c, mut s): (Connection, Session)) {
+    let _ = s.end().await;
+    let _ = c.close().await;
+}
+
+/// Messages per second and client CPU µs per message through plain fe2o3-amqp doing the same.
+async fn plain_throughput(exchange: &str) -> (f64, f64) {
     let metadata = std::env::var("TIDINGS_BENCH_PLAIN_METADATA").is_ok_and(|v| v == "1");
     let api = management();
-    api.declare_exchange(exchange, "topic")
-        .expect("declare exchange");
-    for (q, key) in [("work", "bench.*"), ("rpc", "rpc"), ("inbox", "")] {
-        let queue = format!("{exchange}.{q}");
-        api.declare_queue(&queue).expect("declare queue");
-        if !key.is_empty() {
-            api.bind_queue(exchange, &queue, key).expect("bind queue");
-        }
-    }
-    let open = || async {
-        let stream = tokio::net::TcpStream::connect("127.0.0.1:5672")
-            .await
-            .expect("tcp");
-        stream.set_nodelay(true).expect("nodelay");
-        let mut c = Connection::builder()
-            .container_id(format!("plain-{}", tidings_core::envelope::new_id()))
-            .hostname("vhost:/")
-            .sasl_profile(("guest", "guest"))
-            .open_with_stream(stream)
-            .await
-            .expect("open");
-        let s = Session::begin(&mut c).await.expect("session");
-        (c, s)
-    };
-    let (mut pc, mut ps) = open().await;
-    let (mut cc, mut cs) = open().await;
+    let (ex, queue) = (exchange.to_owned(), format!("{exchange}.work"));
+    let (e, q) = (ex.clone(), queue.clone());
+    blocking(move || {
+        let api = management();
+        api.declare_exchange(&e, "topic").expect("declare exchange");
+        api.declare_queue(&q).expect("declare queue");
+        api.bind_queue(&e, &q, "bench.*").expect("bind queue");
+    })
+    .await;
+    let (pc, mut ps) = open().await;
+    let (cc, mut cs) = open().await;
     let mut sender = Sender::attach(&mut ps, "plain-send", format!("/exchange/{exchange}"))
         .await
         .expect("sender");
     let mut receiver = Receiver::builder()
         .name("plain-recv")
-        .source(format!("/amq/queue/{exchange}.work"))
+        .source(format!("/amq/queue/{queue}"))
         .credit_mode(CreditMode::Manual)
         .auto_accept(false)
         .attach(&mut cs)
         .await
         .expect("receiver");
-    let messages = messages();
+    let n = messages();
     let consume = tokio::spawn(async move {
-        for _ in 0..messages {
-            top_up(&mut receiver, WINDOW as u32).await;
-            let d = receiver.recv::<Body<Value>>().await.expect("recv");
-            receiver.accept(&d).await.expect("accept");
+        let mut handled = Vec::with_capacity(WINDOW);
+        for _ in 0..n {
+            if receiver.credit() == 0 {
+                // Before granting credit, settle what was handled (as tidings does).
+                receiver
+                    .accept_all(handled.drain(..))
+                    .await
+                    .expect("accept");
+                top_up(&mut receiver, WINDOW as u32).await;
+            }
+            // `recv` is cancel-safe: when nothing is waiting, send the gathered accepts first.
+            let d = match receiver.recv::<Body<Value>>().now_or_never() {
+                Some(d) => d,
+                None => {
+                    if !handled.is_empty() {
+                        receiver
+                            .accept_all(handled.drain(..))
+                            .await
+                            .expect("accept");
+                    }
+                    receiver.recv::<Body<Value>>().await
+                }
+            }
+            .expect("recv");
+            // Handled: nothing to do with it but settle.
+            handled.push(d);
         }
         receiver
+            .accept_all(handled.drain(..))
+            .await
+            .expect("accept");
+        receiver
     });
-    let started = Instant::now();
-    let cpu = process_cpu();
-    for chunk in (0..messages).collect::<Vec<_>>().chunks(WINDOW) {
-        let mut futs = Vec::with_capacity(chunk.len());
-        for n in chunk {
-            let mut m = message("bench.item", None, None, vec![7u8; 100]);
-            if metadata {
-                m = with_metadata(m, *n);
-            }
-            futs.push(sender.send_batchable(m).await.expect("send"));
+    let phase = Phase::start();
+    let mut in_flight: FuturesUnordered<DeliveryFut<Result<Outcome, SendError>>> =
+        FuturesUnordered::new();
+    for i in 0..n {
+        if in_flight.len() >= WINDOW {
+            let outcome: Outcome = in_flight.next().await.expect("in flight").expect("confirm");
+            assert!(
+                matches!(outcome, Outcome::Accepted(_)),
+                "broker refused a message"
+            );
         }
-        for f in join_all(futs).await {
-            f.expect("confirm");
+        let mut m = message(
+            CONFIRMED_DURABLE,
+            "bench.item",
+            None,
+            None,
+            None,
+            vec![7u8; 100],
+        );
+        if metadata {
+            m = with_metadata(m, i);
         }
+        in_flight.push(sender.send_batchable(m).await.expect("send"));
+    }
+    while let Some(outcome) = in_flight.next().await {
+        let outcome: Outcome = outcome.expect("confirm");
+        assert!(matches!(outcome, Outcome::Accepted(_)));
     }
     let receiver = consume.await.expect("consumer");
-    let throughput = f64::from(messages) / started.elapsed().as_secs_f64();
-    let cpu_per_message = (process_cpu() - cpu) / messages;
+    let measured = phase.per_item(n);
     let _ = receiver.close().await;
+    let _ = sender.close().await;
+    close((pc, ps)).await;
+    close((cc, cs)).await;
+    blocking(move || {
+        let _ = api.delete_queue(&queue);
+        let _ = api.delete_exchange(&ex);
+    })
+    .await;
+    measured
+}
 
-    // RPC: a server answering on the request's reply-to, a client with one inbox.
+/// Latencies of `calls` sequential calls through tidings, and client CPU µs per call.
+async fn tidings_rpc(exchange: &str, calls: usize) -> (Vec<Duration>, f64) {
+    let url = format!("{}?exchange={exchange}", base_url());
+    let server = Bus::new(tidings_amqp10::connect(&url).await.expect("connect"));
+    let client = Bus::new(tidings_amqp10::connect(&url).await.expect("connect"));
+    let name = format!("{exchange}-add");
+    let serving = server
+        .serve(&name, |pair: Vec<u8>| async move {
+            Ok(pair.iter().map(|x| u64::from(*x)).sum::<u64>())
+        })
+        .await
+        .expect("serve");
+    let mut latencies = Vec::with_capacity(calls);
+    let mut cpu = Duration::ZERO;
+    for i in 0..WARM_UP + calls {
+        if i == WARM_UP {
+            cpu = process_cpu();
+        }
+        let t = Instant::now();
+        let sum: u64 = client.call(&name, &vec![2u8, 40]).await.expect("call");
+        assert_eq!(sum, 42);
+        if i >= WARM_UP {
+            latencies.push(t.elapsed());
+        }
+    }
+    let cpu = (process_cpu() - cpu).as_secs_f64() * 1e6 / calls.max(1) as f64;
+    serving.unsubscribe().await;
+    let _ = client.shutdown().await;
+    let _ = server.shutdown().await;
+    let _ = blocking(move || Management::delete_namespace_of(&url)).await;
+    (latencies, cpu)
+}
+
+/// What a plain RPC program promises.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plain {
+    /// The fastest plain RPC: everything pre-settled and non-durable, straight to queues.
+    Bare,
+    /// What tidings promises (see the module docs).
+    Same,
+}
+
+/// Latencies of `calls` sequential calls through a plain fe2o3-amqp caller and server, and
+/// client CPU µs per call (both together, as for tidings).
+async fn plain_rpc(exchange: &str, calls: usize, plain: Plain) -> (Vec<Duration>, f64) {
+    let same = plain == Plain::Same;
+    let api = management();
+    let requests_queue = format!("{exchange}.rpc");
+    let inbox_queue = format!("{exchange}.inbox");
+    if same {
+        let (e, q) = (exchange.to_owned(), requests_queue.clone());
+        blocking(move || {
+            let api = management();
+            api.declare_exchange(&e, "topic").expect("declare exchange");
+            api.declare_queue(&q).expect("declare queue");
+            api.bind_queue(&e, &q, "rpc").expect("bind queue");
+        })
+        .await;
+    }
+    let (sc, mut ss) = open().await;
+    let (cc, mut cs) = open().await;
+    // Consumers of `/queue/Q` make RabbitMQ declare Q non-durable (the bare request queue and
+    // both inboxes), like tidings' inbox; the durable request queue was declared above.
+    let settle_mode = if same {
+        SenderSettleMode::Mixed
+    } else {
+        SenderSettleMode::Settled
+    };
     let mut requests = Receiver::builder()
         .name("plain-rpc")
-        .source(format!("/amq/queue/{exchange}.rpc"))
+        .source(if same {
+            format!("/amq/queue/{requests_queue}")
+        } else {
+            format!("/queue/{requests_queue}")
+        })
+        .sender_settle_mode(settle_mode.clone())
+        .credit_mode(CreditMode::Manual)
+        .auto_accept(false)
+        .attach(&mut ss)
+        .await
+        .expect("rpc receiver");
+    let mut inbox = Receiver::builder()
+        .name("plain-inbox")
+        .source(format!("/queue/{inbox_queue}"))
+        .sender_settle_mode(settle_mode)
         .credit_mode(CreditMode::Manual)
         .auto_accept(false)
         .attach(&mut cs)
         .await
-        .expect("rpc receiver");
-    let mut replier = Sender::attach(
-        &mut cs,
-        "plain-reply",
-        format!("/amq/queue/{exchange}.inbox"),
-    )
-    .await
-    .expect("replier");
+        .expect("inbox");
+    let reply_address = format!("/amq/queue/{inbox_queue}");
+    let mut replier = Sender::attach(&mut ss, "plain-reply", reply_address.clone())
+        .await
+        .expect("replier");
+    let reply_kind = Kind {
+        durable: false,
+        settled: !same,
+        ttl: None,
+    };
     let server = tokio::spawn(async move {
-        for _ in 0..calls() {
+        for _ in 0..WARM_UP + calls {
             top_up(&mut requests, 32).await;
             let d = requests.recv::<Body<Value>>().await.expect("request");
-            let correlation = d
-                .message()
-                .properties
-                .as_ref()
-                .and_then(|p| p.message_id.clone());
-            let corr = correlation.map(|c| format!("{c:?}"));
-            replier
-                .send(message("reply", None, corr, vec![42]))
+            let properties = d.message().properties.as_ref();
+            let correlation = properties.and_then(|p| p.message_id.clone());
+            let reply_to = properties
+                .and_then(|p| p.reply_to.clone())
+                .expect("reply-to");
+            assert_eq!(reply_to, reply_address);
+            // The reply, confirmed (same promises) before the request is accepted.
+            let replied = replier
+                .send(message(
+                    reply_kind,
+                    "reply",
+                    None,
+                    None,
+                    correlation,
+                    vec![42],
+                ))
                 .await
                 .expect("reply");
-            requests.accept(&d).await.expect("accept");
+            assert!(matches!(replied, Outcome::Accepted(_)));
+            if same {
+                requests.accept(&d).await.expect("accept");
+            }
         }
         (requests, replier)
     });
-    let mut inbox = Receiver::builder()
-        .name("plain-inbox")
-        .source(format!("/amq/queue/{exchange}.inbox"))
-        .credit_mode(CreditMode::Manual)
-        .auto_accept(false)
-        .attach(&mut ps)
+    let mut sender = if same {
+        Sender::attach(&mut cs, "plain-send", format!("/exchange/{exchange}"))
+            .await
+            .expect("sender")
+    } else {
+        Sender::attach(
+            &mut cs,
+            "plain-send",
+            format!("/amq/queue/{requests_queue}"),
+        )
         .await
-        .expect("inbox");
-    let mut latencies = Vec::with_capacity(calls());
-    for i in 0..calls() {
+        .expect("sender")
+    };
+    let request_kind = if same {
+        Kind {
+            durable: true,
+            settled: false,
+            ttl: Some(DEADLINE),
+        }
+    } else {
+        Kind {
+            durable: false,
+            settled: true,
+            ttl: None,
+        }
+    };
+    let mut latencies = Vec::with_capacity(calls);
+    let mut cpu = Duration::ZERO;
+    for i in 0..WARM_UP + calls {
+        if i == WARM_UP {
+            cpu = process_cpu();
+        }
         let t = Instant::now();
-        let mut m = message(
+        let m = message(
+            request_kind,
             "rpc",
-            Some(format!("/amq/queue/{exchange}.inbox")),
+            Some(format!("/amq/queue/{inbox_queue}")),
+            Some(MessageId::String(format!("c{i}"))),
             None,
             vec![2, 40],
         );
-        m.message.properties.as_mut().expect("props").message_id = Some(format!("c{i}").into());
-        sender.send(m).await.expect("request");
         top_up(&mut inbox, 32).await;
-        let d = inbox.recv::<Body<Value>>().await.expect("reply");
-        inbox.accept(&d).await.expect("accept");
-        latencies.push(t.elapsed());
+        let reply = if same {
+            // The confirm and the reply together, as tidings' call waits for them.
+            let confirm = sender.send_batchable(m).await.expect("request");
+            let (confirmed, reply) = tokio::join!(confirm, inbox.recv::<Body<Value>>());
+            assert!(matches!(confirmed.expect("confirm"), Outcome::Accepted(_)));
+            reply
+        } else {
+            sender.send(m).await.expect("request");
+            inbox.recv::<Body<Value>>().await
+        }
+        .expect("reply");
+        let correlation = reply
+            .message()
+            .properties
+            .as_ref()
+            .and_then(|p| p.correlation_id.clone());
+        assert_eq!(correlation, Some(MessageId::String(format!("c{i}"))));
+        if i >= WARM_UP {
+            latencies.push(t.elapsed());
+        }
+        if same {
+            inbox.accept(&reply).await.expect("accept");
+        }
     }
-    latencies.sort();
-    let _ = server.await;
+    let cpu = (process_cpu() - cpu).as_secs_f64() * 1e6 / calls.max(1) as f64;
+    let (requests, replier) = server.await.expect("server");
+    let _ = requests.close().await;
+    let _ = replier.close().await;
     let _ = sender.close().await;
     let _ = inbox.close().await;
-    let _ = ps.end().await;
-    let _ = cs.end().await;
-    let _ = pc.close().await;
-    let _ = cc.close().await;
-    for q in ["work", "rpc", "inbox"] {
-        let _ = api.delete_queue(&format!("{exchange}.{q}"));
+    close((sc, ss)).await;
+    close((cc, cs)).await;
+    let exchange = exchange.to_owned();
+    blocking(move || {
+        let _ = api.delete_queue(&requests_queue);
+        let _ = api.delete_queue(&inbox_queue);
+        if same {
+            let _ = api.delete_exchange(&exchange);
+        }
+    })
+    .await;
+    (latencies, cpu)
+}
+
+async fn throughput_rounds(id: &str, rounds: usize, side: &str) {
+    println!(
+        "throughput: {} x 100 B durable, confirmed ({WINDOW} in flight on both sides), consumed \
+         with credit {WINDOW} and accepts gathered between receives; from the first publish to \
+         the last message handled{}",
+        messages(),
+        if std::env::var("TIDINGS_BENCH_PLAIN_METADATA").is_ok_and(|v| v == "1") {
+            "; plain messages carry tidings' metadata"
+        } else {
+            ""
+        }
+    );
+    println!("  rates in msg/s, client CPU (user + system, whole process) in µs per message");
+    let (mut plain_rate, mut tidings_rate) = (Series::default(), Series::default());
+    let (mut plain_cpu, mut tidings_cpu) = (Series::default(), Series::default());
+    let (mut ratio, mut cpu_ratio) = (Series::default(), Series::default());
+    for round in 0..rounds {
+        let mut line = format!("  round {:>2}:", round + 1);
+        let (mut p, mut t) = (None, None);
+        for s in order(round, 2) {
+            if s == 0 && side != "tidings" {
+                let r = plain_throughput(&format!("bench-p{round}-{id}")).await;
+                line += &format!("  plain fe2o3 {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
+                p = Some(r);
+            }
+            if s == 1 && side != "plain" {
+                let r = tidings_throughput(&format!("bench-t{round}-{id}")).await;
+                line += &format!("  tidings {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
+                t = Some(r);
+            }
+        }
+        if let Some(p) = p {
+            plain_rate.push(p.0);
+            plain_cpu.push(p.1);
+        }
+        if let Some(t) = t {
+            tidings_rate.push(t.0);
+            tidings_cpu.push(t.1);
+        }
+        if let (Some(p), Some(t)) = (p, t) {
+            ratio.push(t.0 / p.0);
+            cpu_ratio.push(t.1 / p.1);
+            line += &format!("  ratio {:.3}  CPU ratio {:.3}", t.0 / p.0, t.1 / p.1);
+        }
+        println!("{line}");
     }
-    let _ = api.delete_exchange(exchange);
-    Result {
-        throughput,
-        cpu_per_message,
-        p50: percentile(&latencies, 0.5),
-        p99: percentile(&latencies, 0.99),
+    println!(
+        "  medians over {rounds} rounds (min–max):\n    plain fe2o3  {} msg/s, CPU {} µs/msg\n    \
+         tidings      {} msg/s, CPU {} µs/msg",
+        plain_rate.show(0),
+        plain_cpu.show(1),
+        tidings_rate.show(0),
+        tidings_cpu.show(1)
+    );
+    if !ratio.is_empty() {
+        println!(
+            "    throughput ratio tidings / plain {}\n    CPU ratio tidings / plain {}",
+            ratio.show(3),
+            cpu_ratio.show(3)
+        );
     }
+}
+
+async fn rpc_rounds(id: &str, rounds: usize, side: &str) {
+    println!(
+        "rpc: {} sequential calls (after {WARM_UP} warm-up calls); plain bare (pre-settled, \
+         non-durable) and plain same promises (see the bench's docs); p50 / p99 in ms, client \
+         CPU per call in µs",
+        calls()
+    );
+    let names = ["plain bare", "plain same", "tidings"];
+    let mut p50 = [Series::default(), Series::default(), Series::default()];
+    let mut p99 = p50.clone();
+    let mut cpu = p50.clone();
+    let (mut vs_bare, mut vs_same) = (Series::default(), Series::default());
+    for round in 0..rounds {
+        let mut line = format!("  round {:>2}:", round + 1);
+        let mut got = [None; 3];
+        for s in order(round, 3) {
+            let run = match s {
+                0 if side != "tidings" => {
+                    plain_rpc(&format!("bench-rb{round}-{id}"), calls(), Plain::Bare).await
+                }
+                1 if side != "tidings" => {
+                    plain_rpc(&format!("bench-rs{round}-{id}"), calls(), Plain::Same).await
+                }
+                2 if side != "plain" => {
+                    tidings_rpc(&format!("bench-rt{round}-{id}"), calls()).await
+                }
+                _ => continue,
+            };
+            let (a, b) = p50_p99_ms(run.0);
+            got[s] = Some((a, b, run.1));
+        }
+        for (s, got) in got.iter().enumerate() {
+            if let Some((a, b, c)) = got {
+                p50[s].push(*a);
+                p99[s].push(*b);
+                cpu[s].push(*c);
+                line += &format!("  {} {a:.3} / {b:.3} ({c:.0} µs)", names[s]);
+            }
+        }
+        if let [Some(bare), Some(same), Some(tidings)] = got {
+            vs_bare.push(tidings.0 / bare.0);
+            vs_same.push(tidings.0 / same.0);
+            line += &format!(
+                "  p50 ratio vs bare {:.3}, vs same {:.3}",
+                tidings.0 / bare.0,
+                tidings.0 / same.0
+            );
+        }
+        println!("{line}");
+    }
+    println!("  medians over {rounds} rounds (min–max):");
+    for s in 0..3 {
+        if !p50[s].is_empty() {
+            println!(
+                "    {:<11} p50 {} ms, p99 {} ms, CPU {} µs/call",
+                names[s],
+                p50[s].show(3),
+                p99[s].show(3),
+                cpu[s].show(0)
+            );
+        }
+    }
+    if !vs_bare.is_empty() {
+        println!(
+            "    p50 ratio tidings / plain bare {}, tidings / plain same promises {} (below 1: \
+             tidings faster)",
+            vs_bare.show(3),
+            vs_same.show(3)
+        );
+    }
+}
+
+async fn run() {
+    let side = std::env::var("TIDINGS_BENCH_SIDE").unwrap_or_default();
+    let rounds = env_or("TIDINGS_BENCH_ROUNDS", 10).max(1);
+    let id = tidings_conformance::support::unique_tag();
+    println!(
+        "RabbitMQ (AMQP 1.0) at {}; load average {}",
+        base_url().split('@').next_back().unwrap_or("?"),
+        bench_support::load_average()
+    );
+    if messages() > 0 {
+        throughput_rounds(&id, rounds, &side).await;
+    }
+    if calls() > 0 {
+        println!();
+        rpc_rounds(&id, rounds, &side).await;
+    }
+    println!("load average {}", bench_support::load_average());
 }
 
 fn main() {
@@ -358,80 +704,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let side = std::env::var("TIDINGS_BENCH_SIDE").unwrap_or_default();
-    let rounds: usize = std::env::var("TIDINGS_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(2);
-    runtime.block_on(async {
-        let id = &tidings_conformance::support::unique_tag();
-        // Alternating plain, tidings, plain, tidings, …: the best of each is reported.
-        let (mut plain, mut tidings) = (Vec::new(), Vec::new());
-        for round in 0..rounds {
-            let mut line = format!("round {round}:");
-            if side != "tidings" {
-                let r = plain_side(&format!("bench-p{round}-{id}")).await;
-                line += &format!(" plain {:.0} msg/s, p50 {:?};", r.throughput, r.p50);
-                plain.push(r);
-            }
-            if side != "plain" {
-                let r = tidings_side(&format!("bench-t{round}-{id}")).await;
-                line += &format!(" tidings {:.0} msg/s, p50 {:?}", r.throughput, r.p50);
-                tidings.push(r);
-            }
-            // Each round on its own, so that many rounds can be pooled (ratio of medians).
-            println!("{line}");
-        }
-        let best = |all: Vec<Result>| {
-            all.into_iter().reduce(|a, b| Result {
-                throughput: a.throughput.max(b.throughput),
-                cpu_per_message: a.cpu_per_message.min(b.cpu_per_message),
-                p50: a.p50.min(b.p50),
-                p99: a.p99.min(b.p99),
-            })
-        };
-        let show = |name: &str, r: &Option<Result>| {
-            if let Some(r) = r {
-                println!(
-                    "{name}: {:.0} msg/s, client CPU {:.1} us/msg, RPC p50 {:?}, p99 {:?}",
-                    r.throughput,
-                    r.cpu_per_message.as_secs_f64() * 1e6,
-                    r.p50,
-                    r.p99
-                );
-            }
-        };
-        let (p, t) = (best(plain), best(tidings));
-        show("plain fe2o3-amqp", &p);
-        show("tidings-amqp10", &t);
-        let (Some(p), Some(t)) = (p, t) else { return };
-        println!("| | plain fe2o3-amqp | tidings-amqp10 | ratio |");
-        println!("|---|---|---|---|");
-        println!(
-            "| throughput ({} x 100 B, confirmed, consumed) | {:.0} msg/s | {:.0} msg/s | {:.2} |",
-            messages(),
-            p.throughput,
-            t.throughput,
-            t.throughput / p.throughput
-        );
-        println!(
-            "| client CPU per message (publish + consume) | {:.1} us | {:.1} us | {:.2} |",
-            p.cpu_per_message.as_secs_f64() * 1e6,
-            t.cpu_per_message.as_secs_f64() * 1e6,
-            p.cpu_per_message.as_secs_f64() / t.cpu_per_message.as_secs_f64()
-        );
-        println!(
-            "| RPC p50 ({} sequential calls) | {:?} | {:?} | {:.2} |",
-            calls(),
-            p.p50,
-            t.p50,
-            p.p50.as_secs_f64() / t.p50.as_secs_f64()
-        );
-        println!(
-            "| RPC p99 | {:?} | {:?} | {:.2} |",
-            p.p99,
-            t.p99,
-            p.p99.as_secs_f64() / t.p99.as_secs_f64()
-        );
-    });
+    // Everything runs in a spawned task, on the runtime's workers, as an application's code
+    // does: not on the thread that blocks on the runtime.
+    runtime.block_on(async { tokio::spawn(run()).await.expect("bench") });
 }
