@@ -233,3 +233,46 @@ mod rabbitmq {
         assert!(text(&out).contains("management API"), "{}", text(&out));
     }
 }
+
+/// Over STOMP (groups bound to `amq.topic` under the namespace) and AMQP 1.0 (declared through
+/// the management API), check compares the names those drivers use.
+#[cfg(all(feature = "stomp", feature = "amqp10"))]
+mod other_protocols {
+    use tidings_conformance::rabbitmq::Management;
+
+    use super::*;
+
+    fn apply_then_check(base: &str, test: &str) {
+        let exchange = format!("topocli-{test}-{}", std::process::id());
+        let url = tidings::isolated_url(base, &exchange).unwrap();
+        let file = system_file(test, SYSTEM);
+        let apply = tidings(&["--url", &url, "topology", "apply", path(&file)]);
+        let check = tidings(&["--url", &url, "topology", "check", path(&file)]);
+        let cleanup = Management::for_broker(&url).and_then(|api| {
+            api.delete_queues_with_prefix(&format!("{exchange}."), false)?;
+            api.delete_exchange(&exchange)
+        });
+        assert_eq!(apply.status.code(), Some(0), "{}", text(&apply));
+        assert_eq!(check.status.code(), Some(0), "{}", text(&check));
+        assert!(
+            text(&check).contains("(8 queues, 5 bindings)"),
+            "{}",
+            text(&check)
+        );
+        cleanup.unwrap();
+    }
+
+    #[test]
+    fn stomp_groups_check_out() {
+        let base = std::env::var("TIDINGS_STOMP_RABBITMQ_URL")
+            .unwrap_or_else(|_| "stomp://guest:guest@127.0.0.1:61613/".into());
+        apply_then_check(&base, "stomp");
+    }
+
+    #[test]
+    fn amqp10_groups_check_out() {
+        let base = std::env::var("TIDINGS_AMQP10_URL")
+            .unwrap_or_else(|_| "amqp10://guest:guest@127.0.0.1:5672/".into());
+        apply_then_check(&base, "amqp10");
+    }
+}

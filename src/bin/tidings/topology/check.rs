@@ -74,10 +74,10 @@ pub(super) async fn run(
     let shown = tidings::redact(url);
     if differences.is_empty() {
         println!(
-            "tidings: the broker at {shown} has what {} needs ({} queues, {} bindings)",
+            "tidings: the broker at {shown} has what {} needs ({}, {})",
             system.file(),
-            expected.queues.len(),
-            expected.bindings.len()
+            super::plural(expected.queues.len(), "queue"),
+            super::plural(expected.bindings.len(), "binding")
         );
         Ok(())
     } else {
