@@ -333,6 +333,15 @@ impl RawMessage {
         }
     }
 
+    /// A message of `subscription` with ack id `ack`, for tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests_on(subscription: &str, ack: &str) -> Self {
+        Self {
+            head: Bytes::from(format!("subscription:{subscription}\nack:{ack}\n")),
+            body: Bytes::new(),
+        }
+    }
+
     /// The headers in frame order, name and value still escaped.
     pub(crate) fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         let mut rest = &self.head[..];

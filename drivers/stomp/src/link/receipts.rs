@@ -87,6 +87,24 @@ impl Receipts {
         subscription
     }
 
+    /// An ERROR that names no receipt came (RabbitMQ never names one): when exactly one
+    /// SUBSCRIBE made by a caller awaits its receipt, the ERROR is taken to be about it, as
+    /// [`refuse`](Self::refuse) says. Otherwise the caller would be told the connection was
+    /// lost, its subscription re-made on the next connection, and refused again, forever (e.g.
+    /// a group queue that exists with another `x-queue-type`).
+    pub(crate) fn refuse_the_only_subscribe(&mut self, why: &str) -> Option<String> {
+        let mut fresh = self
+            .waiting
+            .iter()
+            .filter(|(_, w)| w.tx.is_some() && w.subscription.is_some())
+            .map(|(id, _)| id.clone());
+        let id = fresh.next()?;
+        if fresh.next().is_some() {
+            return None;
+        }
+        self.refuse(&id, why)
+    }
+
     /// The connection ended: every waiter fails with `failure`.
     pub(crate) fn fail_all(&mut self, failure: &Failure) {
         for (_, waiter) in self.waiting.drain() {
@@ -162,6 +180,39 @@ mod tests {
             },
         );
         assert_eq!(receipts.refuse(&id, "x"), Some("sub-2".into()));
+    }
+
+    #[test]
+    fn an_error_naming_no_receipt_refuses_the_only_subscribe_in_flight() {
+        let mut receipts = Receipts::default();
+        // A SEND and a re-subscription (nobody waits) do not count.
+        let (send, mut send_rx) = waiter(None);
+        receipts.expect("r1".into(), send);
+        receipts.expect(
+            "r2".into(),
+            Waiter {
+                tx: None,
+                subscription: Some("old".into()),
+            },
+        );
+        assert_eq!(receipts.refuse_the_only_subscribe("x"), None);
+        let (sub, mut sub_rx) = waiter(Some("new"));
+        receipts.expect("r3".into(), sub);
+        assert_eq!(
+            receipts.refuse_the_only_subscribe("inequivalent arg"),
+            Some("new".into())
+        );
+        assert_eq!(
+            sub_rx.try_recv().unwrap(),
+            Err(Failure::Broker("inequivalent arg".into()))
+        );
+        assert!(send_rx.try_recv().is_err(), "the SEND still waits");
+        // Two in flight: which one is unknown, so neither is refused.
+        let (a, _ra) = waiter(Some("a"));
+        let (b, _rb) = waiter(Some("b"));
+        receipts.expect("r4".into(), a);
+        receipts.expect("r5".into(), b);
+        assert_eq!(receipts.refuse_the_only_subscribe("x"), None);
     }
 
     #[test]

@@ -278,12 +278,17 @@ pub(super) fn on_frame(shared: &Shared, generation: u64, frame: Inbound) -> Opti
                 .iter()
                 .find(|(k, _)| k == b"receipt-id")
                 .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-            if let Some(receipt) = about {
-                let mut subs = lock(&shared.subs);
-                if let Some(id) = lock(&shared.receipts).refuse(&receipt, &text) {
-                    // Never re-subscribe what the broker refused.
-                    subs.remove(&id);
+            let mut subs = lock(&shared.subs);
+            let refused = {
+                let mut receipts = lock(&shared.receipts);
+                match about {
+                    Some(receipt) => receipts.refuse(&receipt, &text),
+                    None => receipts.refuse_the_only_subscribe(&text),
                 }
+            };
+            if let Some(id) = refused {
+                // Never re-subscribe what the broker refused.
+                subs.remove(&id);
             }
             Some(Ended::Lost(format!("the broker sent ERROR: {text}")))
         }
@@ -373,7 +378,111 @@ impl Shared {
 
 #[cfg(test)]
 mod tests {
+    use async_stomp::AckMode;
+    use tokio::sync::mpsc;
+
     use super::*;
+    use crate::frame::RawMessage;
+    use crate::link::SubEntry;
+
+    fn error_about(receipt: Option<&str>) -> Inbound {
+        Inbound::Other(Message {
+            content: FromServer::Error {
+                message: Some("not_found".into()),
+                body: Some(b"NOT_FOUND - no queue 'x'\n".to_vec()),
+            },
+            extra_headers: receipt
+                .map(|r| vec![(b"receipt-id".to_vec(), r.as_bytes().to_vec())])
+                .unwrap_or_default(),
+        })
+    }
+
+    fn subscribe(shared: &Shared, id: &str) -> mpsc::UnboundedReceiver<Incoming> {
+        let (deliver, rx) = mpsc::unbounded_channel();
+        lock(&shared.subs).add(
+            id.into(),
+            SubEntry {
+                destination: "/queue/x".into(),
+                headers: Vec::new(),
+                ack: AckMode::ClientIndividual,
+                deliver,
+            },
+        );
+        rx
+    }
+
+    #[test]
+    fn an_error_about_a_subscribe_refuses_it_for_good_and_ends_the_connection() {
+        let shared = Shared::default();
+        let mut consumer = subscribe(&shared, "s1");
+        let (tx, mut refused) = oneshot::channel();
+        lock(&shared.receipts).expect(
+            "r7".into(),
+            Waiter {
+                tx: Some(tx),
+                subscription: Some("s1".into()),
+            },
+        );
+        let ended = on_frame(&shared, 1, error_about(Some("r7")));
+        assert!(
+            matches!(&ended, Some(Ended::Lost(why)) if why.contains("NOT_FOUND")),
+            "{ended:?}"
+        );
+        assert!(matches!(
+            refused.try_recv(),
+            Ok(Err(super::super::receipts::Failure::Broker(why))) if why.contains("no queue")
+        ));
+        // Never subscribed again: its consumer's stream ended.
+        assert!(matches!(
+            consumer.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        // An ERROR naming no receipt (RabbitMQ's usual) ends the connection too, and refuses
+        // the one subscription a caller waits for.
+        let mut other = subscribe(&shared, "s2");
+        let (tx, mut refused) = oneshot::channel();
+        lock(&shared.receipts).expect(
+            "r8".into(),
+            Waiter {
+                tx: Some(tx),
+                subscription: Some("s2".into()),
+            },
+        );
+        assert!(matches!(
+            on_frame(&shared, 1, error_about(None)),
+            Some(Ended::Lost(_))
+        ));
+        assert!(matches!(refused.try_recv(), Ok(Err(_))));
+        assert!(matches!(
+            other.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn receipts_and_heart_beats_and_messages_keep_the_connection() {
+        let shared = Shared::default();
+        let (tx, mut confirmed) = oneshot::channel();
+        lock(&shared.receipts).expect("r1".into(), Waiter::of(tx));
+        assert_eq!(on_frame(&shared, 1, Inbound::Receipt("r1".into())), None);
+        assert_eq!(confirmed.try_recv().unwrap(), Ok(()));
+        assert_eq!(on_frame(&shared, 1, Inbound::Heartbeat), None);
+        let message = Inbound::Message(RawMessage::for_tests());
+        assert_eq!(on_frame(&shared, 1, message), None);
+    }
+
+    #[test]
+    fn a_message_for_a_gone_subscription_is_nacked_on_its_own_connection_only() {
+        let shared = Shared::default();
+        shared.nack_orphans.store(true, Ordering::Release);
+        lock(&shared.out).attach(Box::new(tokio::io::sink()), 2, Vec::new());
+        // Of a connection that is gone: nothing to NACK it on.
+        let orphan = || Inbound::Message(RawMessage::for_tests_on("gone", "m1"));
+        on_frame(&shared, 1, orphan());
+        assert!(lock(&shared.out).is_empty());
+        on_frame(&shared, 2, orphan());
+        assert!(!lock(&shared.out).is_empty(), "the NACK is queued");
+    }
 
     #[test]
     fn heart_beats_are_agreed_as_stomp_says() {
