@@ -101,20 +101,26 @@ fn expected(url: &str, topology: &Topology) -> Result<Expected, Failure> {
     let mut parsed = BrokerUrl::parse(url, "topology check", &schemes)?;
     let exchange = parsed.exchange().to_owned();
     let stomp = STOMP.contains(&parsed.scheme());
-    // drivers/amqp091/src/topology.rs: lasting queues of a quorum URL are quorum queues with a
-    // delivery limit out of reach; everything else is declared without arguments.
-    let quorum = parsed.scheme().starts_with("amqp") && !parsed.scheme().starts_with("amqp10") && {
-        match parsed.take("queue-type").as_deref() {
-            Some("quorum") => true,
-            Some(_) => false,
-            None => parsed.nodes().len() > 1,
+    // The arguments each driver declares (drivers/amqp091/src/topology.rs,
+    // drivers/amqp10/src/dialect/rabbitmq/mod.rs, drivers/stomp/src/dialect/rabbitmq.rs): on a
+    // quorum URL (`?queue-type=quorum`, or a host list without the option) durable groups are
+    // quorum queues, over AMQP with a delivery limit out of reach, and so are AMQP's dead-letter
+    // queues; STOMP's dead-letter queues are plain `/queue/`s. Otherwise: no arguments.
+    let quorum = match parsed.take("queue-type").as_deref() {
+        Some("quorum") => true,
+        Some(_) => false,
+        None => parsed.nodes().len() > 1,
+    };
+    let (group_arguments, dead_arguments) = match (quorum, stomp) {
+        (false, _) => (json!({}), json!({})),
+        (true, true) => (json!({"x-queue-type": "quorum"}), json!({})),
+        (true, false) => {
+            let lasting = json!({"x-queue-type": "quorum", "x-delivery-limit": i32::MAX});
+            (lasting.clone(), lasting)
         }
     };
-    let arguments = match quorum {
-        true => json!({"x-queue-type": "quorum", "x-delivery-limit": i32::MAX}),
-        false => json!({}),
-    };
-    let arguments = arguments.as_object().cloned().unwrap_or_default();
+    let object = |v: Value| v.as_object().cloned().unwrap_or_default();
+    let (group_arguments, dead_arguments) = (object(group_arguments), object(dead_arguments));
     let mut expected = Expected {
         exchange: (!stomp).then(|| exchange.clone()),
         group_prefix: format!("{exchange}.group."),
@@ -132,7 +138,7 @@ fn expected(url: &str, topology: &Topology) -> Result<Expected, Failure> {
         let what = format!("group {:?} of {}", group.name, by.join(", "));
         expected
             .queues
-            .push((queue.clone(), what, arguments.clone()));
+            .push((queue.clone(), what, group_arguments.clone()));
         for pattern in &group.patterns {
             let key = match stomp {
                 true => format!("{exchange}.{pattern}"),
@@ -146,9 +152,11 @@ fn expected(url: &str, topology: &Topology) -> Result<Expected, Failure> {
     }
     for name in dead {
         let what = format!("dead letters of {name:?}");
-        expected
-            .queues
-            .push((format!("{exchange}.dead.{name}"), what, arguments.clone()));
+        expected.queues.push((
+            format!("{exchange}.dead.{name}"),
+            what,
+            dead_arguments.clone(),
+        ));
     }
     Ok(expected)
 }

@@ -129,6 +129,25 @@ fn stomp_groups_are_bound_to_amq_topic_under_the_namespace() {
 }
 
 #[test]
+fn quorum_groups_over_stomp_have_only_the_queue_type() {
+    let expected = expected_for("stomp://h1:61613,h2:61613/?exchange=shop");
+    let arguments: Vec<String> = expected
+        .queues
+        .iter()
+        .map(|(name, _, args)| format!("{name} {}", Value::Object(args.clone())))
+        .collect();
+    assert_eq!(
+        arguments,
+        [
+            "shop.group.fetch {\"x-queue-type\":\"quorum\"}",
+            "shop.dead.fetch {}"
+        ]
+    );
+    let amqp10 = expected_for("amqp10://h/?exchange=shop&queue-type=quorum");
+    assert_eq!(amqp10.queues[1].2["x-delivery-limit"], i32::MAX);
+}
+
+#[test]
 fn memory_cannot_be_checked_and_says_so() {
     let e = expected("memory://x", &topology()).unwrap_err();
     assert_eq!(e.code, 2);
