@@ -96,3 +96,114 @@ async fn keep(shared: &Shared, session: Session, generation: u64) -> Ended {
         ended = session::write(shared, beats, &disconnecting) => ended,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use async_stomp::AckMode;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+    use tokio_util::codec::FramedRead;
+
+    use super::*;
+    use crate::frame::{self, Codec, Outgoing};
+    use crate::link::session::Beats;
+    use crate::link::SubEntry;
+
+    /// A session over an in-memory pipe; the other end plays the broker.
+    fn session() -> (Session, tokio::io::DuplexStream) {
+        let (client, broker) = tokio::io::duplex(64 * 1024);
+        let (read, write) = tokio::io::split(client);
+        let session = Session {
+            reader: FramedRead::new(Box::new(read), Codec::default()),
+            writer: Box::new(write),
+            beats: Beats::agree(0, None),
+        };
+        (session, broker)
+    }
+
+    async fn read_until(broker: &mut tokio::io::DuplexStream, needle: &str) -> String {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains(needle) {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), broker.read(&mut buf))
+                .await
+                .expect("the link wrote in time")
+                .expect("read");
+            assert!(
+                n > 0,
+                "closed before {needle:?}: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_subscribes_again_before_what_was_queued_and_ends_with_the_broker() {
+        let shared = Arc::new(Shared::default());
+        let (deliver, _consumer) = mpsc::unbounded_channel();
+        lock(&shared.subs).add(
+            "s1".into(),
+            SubEntry {
+                destination: "/topic/ns.a".into(),
+                headers: vec![("x-queue-name".into(), "ns.group.g".into())],
+                ack: AckMode::ClientIndividual,
+                deliver,
+            },
+        );
+        // Queued while no connection was up.
+        lock(&shared.out).push(Outgoing::Raw(frame::settle("SEND", "queued"), None));
+        let (session, mut broker) = session();
+        let kept = tokio::spawn({
+            let shared = shared.clone();
+            async move { keep(&shared, session, 7).await }
+        });
+        let written = read_until(&mut broker, "id:queued").await;
+        let subscribe = written.find("SUBSCRIBE").expect("SUBSCRIBE written");
+        assert!(subscribe < written.find("SEND").unwrap(), "{written}");
+        assert!(written.contains("x-queue-name:ns.group.g"), "{written}");
+        assert!(lock(&shared.out).is_on(7));
+        // The broker confirms, then goes away: the connection is lost, not closed.
+        broker
+            .write_all(b"RECEIPT\nreceipt-id:r1\n\n\0")
+            .await
+            .unwrap();
+        drop(broker);
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), kept)
+            .await
+            .expect("ended in time")
+            .unwrap();
+        assert_eq!(
+            ended,
+            Ended::Lost("the broker closed the connection".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn closing_says_disconnect_and_waits_for_its_receipt() {
+        let shared = Arc::new(Shared::default());
+        let (session, mut broker) = session();
+        let kept = tokio::spawn({
+            let shared = shared.clone();
+            async move { keep(&shared, session, 1).await }
+        });
+        shared.closing.cancel();
+        let written = read_until(&mut broker, "DISCONNECT").await;
+        let receipt = written
+            .lines()
+            .find_map(|l| l.strip_prefix("receipt:"))
+            .expect("DISCONNECT asks for a receipt")
+            .to_owned();
+        broker
+            .write_all(format!("RECEIPT\nreceipt-id:{receipt}\n\n\0").as_bytes())
+            .await
+            .unwrap();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(5), kept)
+            .await
+            .expect("ended in time")
+            .unwrap();
+        assert_eq!(ended, Ended::Closed);
+        assert!(*shared.said_bye.borrow());
+    }
+}

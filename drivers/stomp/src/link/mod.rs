@@ -411,3 +411,80 @@ impl Link {
 fn closed() -> Error {
     Error::new(ErrorKind::Closed, "this stomp:// connection is closed")
 }
+
+#[cfg(test)]
+mod tests {
+    use async_stomp::AckMode;
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::frame;
+
+    fn ack(id: &str) -> Outgoing {
+        Outgoing::Raw(frame::settle("ACK", id), None)
+    }
+
+    #[test]
+    fn the_end_of_a_connection_fails_its_receipts_and_drops_its_writes() {
+        let shared = Shared::default();
+        lock(&shared.out).attach(Box::new(tokio::io::sink()), 1, Vec::new());
+        let (tx, mut rx) = oneshot::channel();
+        lock(&shared.receipts).expect("r1".into(), Waiter::of(tx));
+        lock(&shared.out).push(ack("a"));
+        shared.end_session(&Failure::Lost("node down".into()));
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Err(Failure::Lost("node down".into()))
+        );
+        let out = lock(&shared.out);
+        assert!(out.is_empty() && !out.is_connected() && !out.is_closed());
+    }
+
+    #[test]
+    fn acks_are_held_while_a_batch_runs_and_dropped_on_another_connection() {
+        let shared = Shared::default();
+        lock(&shared.out).attach(Box::new(tokio::io::sink()), 3, Vec::new());
+        // Written by the connection's task first (attach leaves it to it): drain it.
+        let flushed = lock(&shared.out)
+            .poll_flush(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        assert!(flushed.is_ready());
+        let held = AtomicBool::new(true);
+        shared.settle_on(3, ack("a"), Some(&held));
+        assert!(!lock(&shared.out).is_empty(), "held back");
+        shared.settle_on(2, ack("old"), Some(&held));
+        held.store(false, Ordering::Release);
+        shared.write_now(&mut lock(&shared.out));
+        assert!(lock(&shared.out).is_empty(), "written at the batch's end");
+    }
+
+    #[test]
+    fn closing_fails_everyone_and_ends_every_consumer() {
+        let shared = Shared::default();
+        let (deliver, mut consumer) = mpsc::unbounded_channel();
+        let (tx, mut pending) = oneshot::channel();
+        lock(&shared.subs).add_pending(
+            "s1".into(),
+            SubEntry {
+                destination: "/queue/x".into(),
+                headers: Vec::new(),
+                ack: AckMode::Auto,
+                deliver,
+            },
+            tx,
+        );
+        let (tx, mut send) = oneshot::channel();
+        lock(&shared.receipts).expect("r1".into(), Waiter::of(tx));
+        shared.close();
+        assert_eq!(pending.try_recv().unwrap(), Err(Failure::Closed));
+        assert_eq!(send.try_recv().unwrap(), Err(Failure::Closed));
+        assert!(matches!(
+            consumer.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
+        lock(&shared.out).push(ack("late"));
+        assert!(
+            lock(&shared.out).is_empty(),
+            "nothing is queued once closed"
+        );
+    }
+}
