@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tidings_core::{Bus, Capabilities, Result};
 
 mod cases;
+pub mod cluster;
 pub mod rabbitmq;
 pub mod support;
 

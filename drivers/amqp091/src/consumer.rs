@@ -34,12 +34,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::QueueType;
 use crate::connection::{closed, Live, Shared};
 use crate::errors::transport;
 use crate::publisher::{publish, Target};
 use crate::session::Session;
 use crate::topology::{bind, declare_queue, short, QueueKind};
 use crate::wire;
+
+/// How long a subscription to a quorum queue waits between declaring and consuming.
+const QUORUM_SETTLE: Duration = Duration::from_millis(250);
 
 /// How long `cancel` waits for the broker before it gives up politely.
 const STOP_WAIT: Duration = Duration::from_secs(5);
@@ -100,8 +104,25 @@ impl State {
 /// refused declaration to the caller), then follows the connection across reconnects.
 pub(crate) async fn open(shared: &Arc<Shared>, spec: SubSpec) -> Result<Box<dyn Consumer>> {
     let deadline = Instant::now() + shared.config.publish_timeout;
-    let session = shared.session_after(0, deadline).await?;
-    let (channel, tag, started) = start(shared, &session, &spec, 1).await?;
+    let mut after = 0;
+    let mut backoff = Backoff::new();
+    let (session, (channel, tag, started)) = loop {
+        let session = shared.session_after(after, deadline).await?;
+        match start(shared, &session, &spec, 1).await {
+            Ok(started) => break (session, started),
+            // The connection died under the subscription: its node was lost, or the broker
+            // failed the consume with a connection error (RabbitMQ 3.x does so for a quorum
+            // queue whose replica on this node is not running yet, just after it was made).
+            // Subscribe again on the next connection, until the deadline.
+            Err(e) if !session.is_connected() && Instant::now() < deadline => {
+                tracing::debug!(error = %e, "the connection was lost while subscribing; again on the next one");
+                shared.report_lost();
+                after = session.generation;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let state = Arc::new(State {
         spec,
@@ -148,6 +169,12 @@ async fn start(
             declare_queue(&channel, &spec.queue, &spec.kind, shared.config.queue_type).await?;
         if let Some(pattern) = &spec.pattern {
             bind(&channel, &queue, &shared.config.exchange, pattern).await?;
+        }
+        if spec.kind.lasting() && shared.config.queue_type == QueueType::Quorum {
+            // RabbitMQ 3.x fails a consume on a quorum queue whose replicas are still starting
+            // (just made, here or by another connection) with a connection error; give them a
+            // moment. Should it still happen, `open` and `follow` subscribe again.
+            tokio::time::sleep(QUORUM_SETTLE).await;
         }
         let tag = short(
             "consumer tag",

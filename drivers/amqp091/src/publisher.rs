@@ -18,6 +18,9 @@ use crate::wire;
 
 /// How often a publish is re-sent after its channel (not its connection) failed.
 const CHANNEL_RETRIES: u32 = 3;
+/// How many times a publish the broker refused (`basic.nack`) is sent again, with backoff
+/// (about 1.5 s in all), before the refusal is the caller's error.
+const NACK_RETRIES: u32 = 4;
 
 /// Where a message goes.
 #[derive(Debug, Clone)]
@@ -66,6 +69,8 @@ pub(crate) async fn publish(
     let deadline = Instant::now() + shared.config.publish_timeout;
     let mut after = 0;
     let mut channel_failures = 0;
+    let mut nacks = 0;
+    let mut nack_backoff = tidings_plumbing::Backoff::new();
     loop {
         let session = shared.session_after(after, deadline).await?;
         let sent = tokio::time::timeout_at(
@@ -106,13 +111,25 @@ pub(crate) async fn publish(
                     ),
                 ))
             }
+            Ok(Ok(Sent::Nacked)) if nacks < NACK_RETRIES => {
+                // Again after a pause, on a fresh channel (the session dropped the one that
+                // refused it: see `ConfirmChannel::discard`): a quorum queue refuses
+                // publishes while it elects a leader, which takes about a second after the
+                // leader's node is lost.
+                nacks += 1;
+                after = session.generation - 1;
+                tokio::time::sleep(nack_backoff.next_delay()).await;
+                continue;
+            }
             Ok(Ok(Sent::Nacked)) => {
                 return Err(Error::new(
                     ErrorKind::Publish,
                     format!(
-                        "RabbitMQ refused message {} (basic.nack): an internal error or a queue \
+                        "RabbitMQ refused message {} {} times (basic.nack): an internal error, a \
+                         quorum queue without a leader (a majority of its nodes down) or a queue \
                          length limit with overflow=reject-publish; it was not stored",
-                        envelope.id
+                        envelope.id,
+                        NACK_RETRIES + 1
                     ),
                 ))
             }

@@ -71,6 +71,20 @@ impl ConfirmChannel {
             .cloned()
     }
 
+    /// Drops `stale` if it is still the current channel, so the next publish opens a fresh
+    /// one. A RabbitMQ 3.x channel can keep refusing (`basic.nack`) every publish to a quorum
+    /// queue whose leader moved while it was sending, although a new channel's are accepted.
+    fn discard(&self, stale: &Channel) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|c| c.id() == stale.id()) {
+            *current = None;
+            let stale = stale.clone();
+            tokio::spawn(async move {
+                let _ = stale.close(200, "tidings: publishes refused".into()).await;
+            });
+        }
+    }
+
     /// The channel, opened again if the broker closed it (for example after a publish to a
     /// deleted exchange).
     async fn get(&self, connection: &Connection) -> lapin::Result<Channel> {
@@ -280,7 +294,12 @@ impl Session {
                 )
                 .await?
                 .await?;
-            return Ok(outcome(confirm));
+            let sent = outcome(confirm);
+            if sent == Sent::Nacked {
+                // See `ConfirmChannel::discard`; the next publish on this slot opens another.
+                slot.channel = None;
+            }
+            return Ok(sent);
         }
         let channel = self.publisher.get(&self.connection).await?;
         let mut publish = Box::pin(channel.basic_publish(
@@ -300,7 +319,11 @@ impl Session {
             Poll::Ready(result) => result?,
             Poll::Pending => publish.await?,
         };
-        Ok(outcome(confirm.await?))
+        let sent = outcome(confirm.await?);
+        if sent == Sent::Nacked {
+            self.publisher.discard(&channel);
+        }
+        Ok(sent)
     }
 
     /// Closes the connection politely: the broker requeues what was not acked.

@@ -64,7 +64,7 @@ impl QueueKind {
     }
 
     /// Whether the queue outlives its subscribers, and so takes the URL's queue type.
-    fn lasting(&self) -> bool {
+    pub(crate) fn lasting(&self) -> bool {
         matches!(self, Self::Group { durable: true } | Self::DeadLetters)
     }
 
