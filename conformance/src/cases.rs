@@ -16,8 +16,10 @@ use crate::support::{collector, Ctx, Note, QUIET, SOON};
 use crate::BoxFuture;
 
 mod barrier;
+mod decline;
 mod layers;
 use barrier::barrier_waits_for_every_participant_then_nobody_misses_an_event;
+use decline::rpc_declined_requests_go_to_the_server_that_holds_them;
 mod membership;
 mod rpc_contract;
 use layers::{
@@ -113,6 +115,7 @@ cases! {
     rpc_two_buses_over_one_connection_each_get_their_own_replies, always, 30;
     publish_carries_a_given_reply_to_unchanged, always, 30;
     rpc_call_without_server_fails_fast, mandatory, 30;
+    rpc_declined_requests_go_to_the_server_that_holds_them, always, 60;
     cast_reaches_one_server_and_every_broadcast_subscriber, always, 30;
     order_is_kept_from_one_publisher_to_one_consumer, always, 60;
     one_mebibyte_payload_round_trips, big_body, 60;

@@ -21,6 +21,11 @@ pub mod headers {
     pub const DEAD_FROM: &str = "tidings-dead-from";
     /// RPC reply status: `ok` or `error`.
     pub const REPLY_STATUS: &str = "tidings-status";
+    /// The servers that declined an RPC request, on the copy given back to the service's group
+    /// and on a reply saying every server declined: a JSON array of
+    /// `{"server": <instance id>, "emitter": <host.kind.id>, "reason": <text>}`, oldest first
+    /// (see [`Decline`](crate::rpc::Decline)).
+    pub const DECLINED_BY: &str = "tidings-declined-by";
 
     use crate::error::{Error, ErrorKind, Result};
 

@@ -40,6 +40,9 @@ pub enum ErrorKind {
     Unsupported,
     /// A middleware layer stopped the message; the message says why.
     Stopped,
+    /// Every server of an RPC service declined the request
+    /// ([`Decline`](crate::rpc::Decline)); the message says how many and why.
+    Declined,
 }
 
 impl fmt::Display for ErrorKind {
@@ -60,6 +63,7 @@ impl fmt::Display for ErrorKind {
             Self::Closed => "closed",
             Self::Unsupported => "unsupported",
             Self::Stopped => "stopped",
+            Self::Declined => "declined",
         };
         f.write_str(s)
     }

@@ -38,7 +38,7 @@ pub use interceptor::Interceptor;
 pub use layer::Layer;
 pub use message::{HandlerError, HandlerResult, Message, Payload};
 pub use routing::{Pattern, RoutingKey, Segment};
-pub use rpc::{Call, Serve};
+pub use rpc::{Call, Decline, Serve};
 pub use subscribe::{SubscribeBuilder, Subscription};
 
 pub use async_trait::async_trait;

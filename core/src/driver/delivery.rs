@@ -2,6 +2,7 @@
 //! [`Delivery`] with its [`Settle`] handle, how it is settled ([`Outcome`]), the [`Completion`]
 //! per-message operations return, and the connection's reply [`Inbox`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +25,15 @@ pub enum Outcome {
     Requeue,
     /// Deliver it again, to this or another consumer, with `attempt + 1`.
     Retry,
+    /// The consumer declined it (an RPC server that cannot answer this request, see
+    /// [`Decline`](crate::rpc::Decline)): give it back as [`Requeue`](Self::Requeue) does
+    /// (same attempt, preferably to another consumer), with `headers` set on the message given
+    /// back. A driver that gives a delivery back by publishing a copy sets them on the copy;
+    /// the handler's next sight of the message must carry them.
+    Decline {
+        /// Headers to set (replacing any of the same name) on the message given back.
+        headers: BTreeMap<String, String>,
+    },
     /// Move it to the subscription's dead-letter queue, as made by
     /// [`Envelope::into_dead_letter`] with this reason.
     DeadLetter {

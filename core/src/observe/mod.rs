@@ -61,6 +61,7 @@ pub(crate) fn outcome_name(outcome: &Outcome) -> &'static str {
         Outcome::Ack => "ack",
         Outcome::Requeue => "requeue",
         Outcome::Retry => "retry",
+        Outcome::Decline { .. } => "decline",
         Outcome::DeadLetter { .. } => "dead_letter",
     }
 }

@@ -140,8 +140,14 @@ impl<'a, Req: Event, Resp: Event> Call<'a, Req, Resp> {
     /// The reply's answer: the decoded response, or the server's error.
     fn read_reply(&self, reply: &Envelope) -> Result<Resp> {
         if reply.headers.get(headers::REPLY_STATUS).map(String::as_str) == Some("error") {
+            // Every server declined: the reply says so, and who did.
+            let kind = if reply.headers.contains_key(headers::DECLINED_BY) {
+                ErrorKind::Declined
+            } else {
+                ErrorKind::Remote
+            };
             return Err(Error::new(
-                ErrorKind::Remote,
+                kind,
                 format!(
                     "{} (from {} serving {:?})",
                     String::from_utf8_lossy(&reply.body),
@@ -167,7 +173,8 @@ impl Bus {
     /// Calls the service `name` and waits for its reply.
     ///
     /// Errors: [`ErrorKind::NoResponders`] when no server is bound (where the broker can
-    /// tell), [`ErrorKind::Timeout`], [`ErrorKind::Remote`] with the server's error text.
+    /// tell), [`ErrorKind::Timeout`], [`ErrorKind::Remote`] with the server's error text,
+    /// [`ErrorKind::Declined`] when every server [declined](crate::Decline) the request.
     ///
     /// # Examples
     /// ```

@@ -8,9 +8,14 @@
 //! [`Provider::reply`](crate::driver::Provider::reply) straight to that address. The caller's
 //! connection has one inbox, shared by every bus over it (see `reply_inbox`), where the call
 //! takes its reply by correlation id.
+//!
+//! A server that cannot answer a request (it does not hold what is asked for) returns
+//! [`Decline`], and the request goes to another server of the group.
 
 mod call;
+mod decline;
 mod serve;
 
 pub use call::{Call, DEFAULT_CALL_TIMEOUT};
+pub use decline::Decline;
 pub use serve::Serve;

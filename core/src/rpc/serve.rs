@@ -1,6 +1,7 @@
 //! The server's side: [`Bus::serve`], the [`Serve`] builder, and what a server does with one
 //! request.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
@@ -13,11 +14,12 @@ use futures::FutureExt;
 use crate::bus::Bus;
 use crate::codec::Codec;
 use crate::driver::PublishOptions;
-use crate::envelope::{headers, Envelope};
+use crate::envelope::{headers, new_id, Envelope};
 use crate::error::Result;
 use crate::event::Event;
 use crate::layer::Kind;
 use crate::message::{decode, HandlerError};
+use crate::rpc::decline::{self, Decline, Declined};
 use crate::subscribe::handler::{panic_text, Done, Failure, RawHandler};
 use crate::subscribe::{settings_methods, start, Settings, Subscription};
 
@@ -59,7 +61,8 @@ impl<Req: Event, Resp: Event> IntoFuture for Serve<Req, Resp> {
 
 impl Bus {
     /// Serves the RPC `name` with `handler`. A handler error goes back to the caller as
-    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote); so does a panic. Requests sent with [`cast`](Bus::cast) are handled
+    /// [`ErrorKind::Remote`](crate::ErrorKind::Remote); so does a panic. A handler that
+    /// returns [`Decline`] passes the request to another server of the group (see there). Requests sent with [`cast`](Bus::cast) are handled
     /// the same way, with the reply dropped. A reply that cannot be sent (the driver or the
     /// broker refuses its `reply_to`) is logged and dropped; the request is never run again for
     /// it.
@@ -72,10 +75,14 @@ impl Bus {
     {
         let bus = self.clone();
         let handler = Arc::new(handler);
+        // This server instance, as the requests it declines record it.
+        let server: Arc<str> = Arc::from(new_id());
         let raw: RawHandler = Arc::new(move |request: Arc<Envelope>| {
             let bus = bus.clone();
             let handler = handler.clone();
-            async move { serve_one::<Req, Resp, F, Fut>(&bus, &*handler, request).await }.boxed()
+            let server = server.clone();
+            async move { serve_one::<Req, Resp, F, Fut>(&bus, &server, &*handler, request).await }
+                .boxed()
         });
         let mut settings = Settings::new(name);
         settings.group = Some(name.to_owned());
@@ -90,6 +97,7 @@ impl Bus {
 
 async fn serve_one<Req, Resp, F, Fut>(
     bus: &Bus,
+    server: &str,
     handler: &F,
     request: Arc<Envelope>,
 ) -> Result<Done, Failure>
@@ -99,22 +107,36 @@ where
     F: Fn(Req) -> Fut,
     Fut: Future<Output = Result<Resp, HandlerError>>,
 {
-    let reply_to = request.reply_to.clone();
-    let correlation_id = request.correlation_id.clone();
+    let mut declined = decline::declined(&request);
+    if declined.iter().any(|d| d.server == server) {
+        // Back at a server that declined it: every server it reaches has had its turn.
+        return every_server_declined(bus, &request, &declined).await;
+    }
     let (result, poison) = match decode::<Req>(&request) {
         Err(reason) => (Err(reason.clone()), Some(reason)),
         Ok(req) => match AssertUnwindSafe(handler(req)).catch_unwind().await {
             Ok(Ok(resp)) => (Ok(resp), None),
-            Ok(Err(e)) => (Err(e.to_string()), None),
+            Ok(Err(e)) => match e.downcast::<Decline>() {
+                Ok(decline) => {
+                    declined.push(Declined {
+                        server: server.to_owned(),
+                        emitter: bus.identity.to_string(),
+                        reason: decline.reason().to_owned(),
+                    });
+                    let value = decline::header_value(&declined);
+                    let headers = BTreeMap::from([(headers::DECLINED_BY.to_owned(), value)]);
+                    return Err(Failure::Decline(headers));
+                }
+                Err(e) => (Err(e.to_string()), None),
+            },
             Err(panic) => (
                 Err(format!("handler panicked: {}", panic_text(&panic))),
                 None,
             ),
         },
     };
-    let is_call = reply_to.is_some();
-    let mut replied = false;
-    if let Some(address) = reply_to {
+    let is_call = request.reply_to.is_some();
+    let replied = if is_call {
         // Reply in the caller's codec, so a JSON caller (another language, the command line)
         // can read the reply of a server that sends postcard by default.
         let codec = Codec::for_content_type(&request.content_type).unwrap_or(bus.codec);
@@ -124,47 +146,19 @@ where
                 .map_err(|e| format!("server could not encode its reply: {e}")),
             Err(text) => Err(text.clone()),
         };
-        let mut reply = match encoded {
+        let reply = match encoded {
             Ok(body) => {
                 let mut e = Envelope::new(&request.routing_key, codec.content_type(), body);
                 e.event = Resp::NAME.into();
                 e.headers.insert(headers::REPLY_STATUS.into(), "ok".into());
                 e
             }
-            Err(text) => {
-                let mut e = Envelope::new(
-                    &request.routing_key,
-                    "text/plain; charset=utf-8",
-                    bytes::Bytes::from(text),
-                );
-                e.headers
-                    .insert(headers::REPLY_STATUS.into(), "error".into());
-                e
-            }
+            Err(text) => error_reply(&request, text),
         };
-        reply.correlation_id = correlation_id;
-        reply.emitter = bus.identity.to_string();
-        let sent = bus
-            .send(
-                reply,
-                Kind::Reply,
-                &PublishOptions::DEFAULT,
-                Some(address.clone()),
-            )
-            .await;
-        replied = sent.is_ok();
-        if let Err(e) = sent {
-            // The handler has run: running it again would not make the address reachable (a
-            // refused address stays refused), so the reply is dropped and the request settled.
-            tracing::warn!(
-                reply_to = %address,
-                correlation_id = ?request.correlation_id,
-                service = %request.routing_key,
-                error = %e,
-                "could not send an RPC reply; dropped it (the request is not retried)"
-            );
-        }
-    }
+        send_reply(bus, &request, reply).await
+    } else {
+        false
+    };
     match (poison, result) {
         (Some(reason), _) => Err(Failure::Poison(reason)),
         // A cast: nobody waits for the reply, so a failure follows the retry policy.
@@ -174,4 +168,67 @@ where
             error: result.err(),
         }),
     }
+}
+
+/// A request back at a server that declined it: the caller is told so, a cast is
+/// dead-lettered; it goes round no more.
+async fn every_server_declined(
+    bus: &Bus,
+    request: &Envelope,
+    declined: &[Declined],
+) -> Result<Done, Failure> {
+    let text = decline::every_server_declined(&request.routing_key, declined);
+    if request.reply_to.is_none() {
+        return Err(Failure::Poison(text));
+    }
+    let mut reply = error_reply(request, text.clone());
+    reply
+        .headers
+        .insert(headers::DECLINED_BY.into(), decline::header_value(declined));
+    let replied = send_reply(bus, request, reply).await;
+    Ok(Done {
+        replied,
+        error: Some(text),
+    })
+}
+
+/// A reply carrying the server's error `text`.
+fn error_reply(request: &Envelope, text: String) -> Envelope {
+    let mut e = Envelope::new(
+        &request.routing_key,
+        "text/plain; charset=utf-8",
+        bytes::Bytes::from(text),
+    );
+    e.headers
+        .insert(headers::REPLY_STATUS.into(), "error".into());
+    e
+}
+
+/// Sends `reply` to the request's `reply_to`; whether it went out.
+async fn send_reply(bus: &Bus, request: &Envelope, mut reply: Envelope) -> bool {
+    let Some(address) = request.reply_to.clone() else {
+        return false;
+    };
+    reply.correlation_id = request.correlation_id.clone();
+    reply.emitter = bus.identity.to_string();
+    let sent = bus
+        .send(
+            reply,
+            Kind::Reply,
+            &PublishOptions::DEFAULT,
+            Some(address.clone()),
+        )
+        .await;
+    if let Err(e) = &sent {
+        // The handler has run: running it again would not make the address reachable (a
+        // refused address stays refused), so the reply is dropped and the request settled.
+        tracing::warn!(
+            reply_to = %address,
+            correlation_id = ?request.correlation_id,
+            service = %request.routing_key,
+            error = %e,
+            "could not send an RPC reply; dropped it (the request is not retried)"
+        );
+    }
+    sent.is_ok()
 }

@@ -1,6 +1,7 @@
 //! What a subscription or RPC server runs per delivery, type-erased or not, and how it reports
 //! the result to the receive path's policy step.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -23,6 +24,9 @@ pub(crate) enum Failure {
     Poison(String),
     /// The handler failed; retry while attempts remain.
     Handler(String),
+    /// An RPC server declined the request: give it back to the group, with these headers
+    /// (who declined) on it, without counting an attempt.
+    Decline(BTreeMap<String, String>),
 }
 
 /// A type-erased handler, for the RPC server whose handler is built at run time.

@@ -9,6 +9,8 @@
 //!   never retried (it would fail the same way forever).
 //! - The emitter does not match the `from` filter → acked without calling the handler.
 //! - A layer stops it → dead-lettered with the layer's reason.
+//! - An RPC server declines it ([`Decline`](crate::rpc::Decline)) → given back to the group
+//!   with who declined it added (same attempt).
 //! - The active-when guard is false → given back to the broker (requeued, same attempt) and the
 //!   subscription pauses until the guard is true again.
 //! - The process dies before settling → the broker redelivers it to another consumer.
@@ -228,6 +230,8 @@ impl<H: Handler> Worker<H> {
                 Some(reason),
                 false,
             ),
+            // Not a failure: another member of the group gets it, with the same attempt.
+            Err(Failure::Decline(headers)) => (Outcome::Decline { headers }, None, false),
             Err(Failure::Handler(error)) if attempt < max_attempts => {
                 tracing::debug!(attempt, %error, "handler failed; retrying");
                 (Outcome::Retry, Some(error), false)

@@ -17,6 +17,7 @@
 //! dead letters. Deliveries buffered but never handed out when the connection dies are dropped
 //! from the buffer, since the broker redelivers them anyway.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -518,14 +519,16 @@ impl AmqpSettle {
         )
     }
 
-    /// Publishes a copy of the message straight to this queue, then acks the original.
-    async fn copy_back(&self, attempt_step: u32) -> Result<()> {
+    /// Publishes a copy of the message straight to this queue, with `headers` set, then acks
+    /// the original.
+    async fn copy_back(&self, attempt_step: u32, headers: BTreeMap<String, String>) -> Result<()> {
         let mut envelope = self.envelope();
         if envelope.is_expired_at(now_ms()) {
             tracing::debug!(id = %envelope.id, "expired while being handled; dropped");
             return self.ack().await;
         }
         envelope.attempt = envelope.attempt.saturating_add(attempt_step);
+        envelope.headers.extend(headers);
         publish(
             &self.shared,
             &Target::queue(&self.queue)?,
@@ -561,8 +564,9 @@ impl Settle for AmqpSettle {
             }
             match outcome {
                 Outcome::Ack => self.ack().await,
-                Outcome::Requeue => self.copy_back(0).await,
-                Outcome::Retry => self.copy_back(1).await,
+                Outcome::Requeue => self.copy_back(0, BTreeMap::new()).await,
+                Outcome::Retry => self.copy_back(1, BTreeMap::new()).await,
+                Outcome::Decline { headers } => self.copy_back(0, headers).await,
                 Outcome::DeadLetter { reason } => {
                     let Some(dead) = self.dead.clone() else {
                         return Err(Error::new(

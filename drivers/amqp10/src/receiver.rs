@@ -499,6 +499,11 @@ impl Settle for AmqpSettle {
                     copy.attempt = copy.attempt.saturating_add(1);
                     (&spec.queue_address, copy, spec.durable)
                 }
+                Outcome::Decline { headers } => {
+                    let mut copy = Envelope::clone(&self.envelope);
+                    copy.headers.extend(headers);
+                    (&spec.queue_address, copy, spec.durable)
+                }
                 Outcome::DeadLetter { reason } => (
                     &spec.dead_letter_address,
                     Envelope::clone(&self.envelope).into_dead_letter(&reason, &spec.from),

@@ -219,6 +219,11 @@ impl Queue {
                 state.ready.push_front(envelope);
                 avoid = Some(owner);
             }
+            Outcome::Decline { headers } => {
+                Arc::make_mut(&mut envelope).headers.extend(headers);
+                state.ready.push_front(envelope);
+                avoid = Some(owner);
+            }
             Outcome::DeadLetter { reason } => {
                 let dead = Arc::unwrap_or_clone(envelope).into_dead_letter(&reason, &target.from);
                 if let Some(broker) = self.broker.upgrade() {

@@ -322,6 +322,11 @@ impl StompSettle {
                 Ok(())
             }
             Outcome::Requeue => self.give_back(&ctx.requeue, envelope).await,
+            Outcome::Decline { headers } => {
+                let mut envelope = envelope;
+                envelope.headers.extend(headers);
+                self.give_back(&ctx.requeue, envelope).await
+            }
             Outcome::Retry => {
                 let mut envelope = envelope;
                 envelope.attempt = envelope.attempt.saturating_add(1);
