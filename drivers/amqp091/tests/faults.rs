@@ -3,7 +3,8 @@
 //! test's own connections are closed); and a broker node stopped and started again, or killed
 //! with SIGKILL and started again, on node 3 of the test cluster (`scripts/cluster.sh`,
 //! `tidings3@localhost` on 127.0.0.1:5684), never on the shared broker. Each asserts that no
-//! message is lost. They run one at a time (a global lock) and always restart the node.
+//! message is lost. They run one at a time (a global lock) and always restart the node; the
+//! restart tests also hold the test cluster (`cluster::exclusive`) against other test binaries.
 
 mod support;
 
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tidings_conformance::cluster::{self, Node};
 use tidings_core::driver::Status;
 use tidings_core::Bus;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -55,74 +57,14 @@ impl Drop for Cleanup {
 }
 
 /// The test cluster's node that the restart tests stop and kill (`scripts/cluster.sh`).
-const CLUSTER_NODE: &str = "tidings3@localhost";
+const CLUSTER_NODE: Node = Node(3);
+
 /// Its AMQP URL: guest may log in because the node listens on 127.0.0.1 only.
-const CLUSTER_NODE_URL: &str = "amqp://guest:guest@127.0.0.1:5684/%2f";
-/// Its management API, for the cleanup.
-const CLUSTER_NODE_MANAGEMENT: &str = "http://127.0.0.1:15684";
-
-/// `scripts/cluster.sh` of this workspace.
-fn cluster_script() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster.sh")
-}
-
-/// Runs `scripts/cluster.sh ARGS` and panics with its output if it fails.
-fn cluster_sh(args: &[&str]) {
-    let out = std::process::Command::new("bash")
-        .arg(cluster_script())
-        .args(args)
-        .output()
-        .expect("bash runs scripts/cluster.sh");
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(
-        out.status.success(),
-        "scripts/cluster.sh {args:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Fails (never skips) unless the test cluster is up: `CLUSTER_NODE` answers and runs in a
-/// cluster of three.
-fn require_cluster() {
-    let not_up = |why: String| -> ! {
-        panic!(
-            "the RabbitMQ test cluster is not up ({why}); start it with `scripts/cluster.sh start` \
-             (scripts/brokers.sh and scripts/test.sh do)"
-        )
-    };
-    if let Err(e) = std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:5684".parse().expect("address"),
-        Duration::from_secs(2),
-    ) {
-        not_up(format!("{CLUSTER_NODE} on 127.0.0.1:5684: {e}"));
-    }
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-n",
-            CLUSTER_NODE,
-            "-q",
-            "cluster_status",
-            "--formatter",
-            "json",
-        ])
-        .output()
-        .unwrap_or_else(|e| not_up(format!("rabbitmqctl does not run: {e}")));
-    if !out.status.success() {
-        not_up(format!(
-            "rabbitmqctl -n {CLUSTER_NODE} cluster_status: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let running = status["running_nodes"].as_array().map_or(0, Vec::len);
-    if running != 3 {
-        not_up(format!(
-            "{CLUSTER_NODE} sees {running} running nodes, not 3: {}",
-            String::from_utf8_lossy(&out.stdout).trim()
-        ));
-    }
+fn cluster_node_url() -> String {
+    format!(
+        "amqp://guest:guest@127.0.0.1:{}/%2f",
+        CLUSTER_NODE.amqp_port()
+    )
 }
 
 /// Deletes the exchange and its queues on the cluster node when the test ends.
@@ -130,11 +72,15 @@ struct ClusterCleanup(String);
 
 impl Drop for ClusterCleanup {
     fn drop(&mut self) {
-        let broker = format!("{CLUSTER_NODE_URL}?management={CLUSTER_NODE_MANAGEMENT}");
+        let broker = format!(
+            "{}?management={}",
+            cluster_node_url(),
+            CLUSTER_NODE.management()
+        );
         let outcome = tidings_conformance::rabbitmq::Management::for_broker(&broker)
             .and_then(|m| m.delete_namespace(&self.0));
         if let Err(e) = outcome {
-            eprintln!("cleanup of {} on {CLUSTER_NODE}: {e}", self.0);
+            eprintln!("cleanup of {} on {}: {e}", self.0, CLUSTER_NODE.name());
         }
     }
 }
@@ -475,18 +421,6 @@ async fn a_second_bus_on_one_connection_calls_through_its_inbox() {
     first.shutdown().await.ok();
 }
 
-/// Starts the cluster node again when dropped, so a failing test never leaves it down.
-struct RestartGuard;
-
-impl Drop for RestartGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(cluster_script())
-            .args(["start", CLUSTER_NODE])
-            .output();
-    }
-}
-
 /// How the restart tests take the node down.
 #[derive(Clone, Copy, Debug)]
 enum Outage {
@@ -512,8 +446,11 @@ async fn durable_group_survives_a_broker_killed_with_sigkill() {
 /// waits for the node and succeeds.
 async fn durable_group_survives(outage: Outage) {
     let _serial = ONE_AT_A_TIME.lock().await;
-    // Blocks this runtime's thread for a moment; it is the first thing the test does.
-    require_cluster();
+    // Held to the end: no other test (of any binary) takes a node down meanwhile.
+    let _cluster = tokio::task::spawn_blocking(cluster::exclusive)
+        .await
+        .expect("the test cluster");
+    let node = CLUSTER_NODE.name();
     let exchange = exchange(&format!("{outage:?}").to_lowercase());
     let _cleanup = ClusterCleanup(exchange.clone());
     let group = format!("{exchange}-g");
@@ -521,10 +458,11 @@ async fn durable_group_survives(outage: Outage) {
 
     let bus = Bus::new(
         tidings_amqp091::connect(&format!(
-            "{CLUSTER_NODE_URL}?exchange={exchange}&publish_timeout_ms=60000"
+            "{}?exchange={exchange}&publish_timeout_ms=60000",
+            cluster_node_url()
         ))
         .await
-        .unwrap_or_else(|e| panic!("{CLUSTER_NODE} at {CLUSTER_NODE_URL} reachable: {e}")),
+        .unwrap_or_else(|e| panic!("{node} at {} reachable: {e}", cluster_node_url())),
     );
     // Create the durable group queue (its leader is the node the bus is connected to), then
     // leave it with no member.
@@ -540,14 +478,13 @@ async fn durable_group_survives(outage: Outage) {
     }
     let mut status = bus.status();
 
-    let restart = RestartGuard;
-    let verb = match outage {
-        Outage::Stop => "stop",
-        Outage::Kill => "kill",
-    };
-    tokio::task::spawn_blocking(move || cluster_sh(&[verb, CLUSTER_NODE]))
-        .await
-        .unwrap();
+    let restart = cluster::RestartOnDrop;
+    tokio::task::spawn_blocking(move || match outage {
+        Outage::Stop => CLUSTER_NODE.stop(),
+        Outage::Kill => CLUSTER_NODE.kill(),
+    })
+    .await
+    .unwrap();
     tokio::time::timeout(
         Duration::from_secs(10),
         status.wait_for(|s| *s == Status::Reconnecting),
@@ -566,7 +503,7 @@ async fn durable_group_survives(outage: Outage) {
         "the publish made during the outage returned before the node was back: {:?}",
         during.await
     );
-    tokio::task::spawn_blocking(|| cluster_sh(&["start", CLUSTER_NODE]))
+    tokio::task::spawn_blocking(|| CLUSTER_NODE.start())
         .await
         .unwrap();
     drop(restart);
@@ -603,13 +540,13 @@ async fn durable_group_survives(outage: Outage) {
     let seen = seen.lock().unwrap().clone();
     let missing: Vec<u32> = (0..=TOTAL).filter(|n| !seen.contains_key(n)).collect();
     println!(
-        "after the {outage:?} of {CLUSTER_NODE}: {} distinct of {}",
+        "after the {outage:?} of {node}: {} distinct of {}",
         seen.len(),
         TOTAL + 1
     );
     assert!(
         missing.is_empty(),
-        "{} lost across the {outage:?} of {CLUSTER_NODE}, e.g. {:?}",
+        "{} lost across the {outage:?} of {node}, e.g. {:?}",
         missing.len(),
         &missing[..missing.len().min(10)]
     );

@@ -11,53 +11,15 @@
 //!   not confirmed (or the publish fails to its caller; none may be silently lost).
 //!
 //! Duplicates and the time from the kill to the first message handled again are printed. The
-//! two tests run one at a time (a lock): each kills a node.
+//! tests run one at a time, and never beside another binary's that takes a node down: each
+//! holds `cluster::exclusive`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tidings_conformance::cluster::{self, Node, NODES};
 use tidings_core::{Bus, Status};
-
-/// The cluster's nodes: AMQP port and management port.
-const NODES: [(&str, u16, u16); 3] = [
-    ("tidings1@localhost", 5682, 15682),
-    ("tidings2@localhost", 5683, 15683),
-    ("tidings3@localhost", 5684, 15684),
-];
-
-fn cluster_script() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster.sh")
-}
-
-/// Runs `scripts/cluster.sh ARGS`; panics with its output if it fails.
-fn cluster_sh(args: &[&str]) {
-    let out = std::process::Command::new("bash")
-        .arg(cluster_script())
-        .args(args)
-        .output()
-        .expect("bash runs scripts/cluster.sh");
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(
-        out.status.success(),
-        "scripts/cluster.sh {args:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Starts the killed node again when dropped, so a failing test never leaves it down.
-struct RestartGuard(&'static str);
-
-impl Drop for RestartGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(cluster_script())
-            .args(["start", self.0])
-            .output();
-    }
-}
 
 /// Deletes the test's exchange and queues through a node's management API when dropped.
 struct Cleanup {
@@ -75,49 +37,40 @@ impl Drop for Cleanup {
     }
 }
 
-/// The one-host URL of node `i`, with its own management API. A one-host URL declares
-/// classic queues unless told otherwise: on a cluster it says `queue-type=quorum`, as the
-/// 3-host URL implies.
-fn node_url(i: usize, query: &str) -> String {
-    let (_, port, management) = NODES[i];
+/// The one-host URL of `node`, with its own management API. A one-host URL declares classic
+/// queues unless told otherwise: on a cluster it says `queue-type=quorum`, as the 3-host URL
+/// implies.
+fn node_url(node: Node, query: &str) -> String {
     format!(
-        "amqp10://guest:guest@127.0.0.1:{port}/?management=http://127.0.0.1:{management}&queue-type=quorum&{query}"
+        "amqp10://guest:guest@127.0.0.1:{}/?management={}&queue-type=quorum&{query}",
+        node.amqp_port(),
+        node.management()
     )
 }
 
 /// The 3-host URL, with one management API per node.
 fn cluster_url(query: &str) -> String {
-    let hosts: Vec<String> = NODES
-        .iter()
-        .map(|(_, port, _)| format!("127.0.0.1:{port}"))
-        .collect();
-    let apis: Vec<String> = NODES
-        .iter()
-        .map(|(_, _, m)| format!("http://127.0.0.1:{m}"))
-        .collect();
+    let apis: Vec<String> = NODES.iter().map(|n| n.management()).collect();
     format!(
         "amqp10://guest:guest@{}/?management={}&{query}",
-        hosts.join(","),
+        cluster::hosts(Node::amqp_port),
         apis.join(",")
     )
 }
 
-/// The index in [`NODES`] of the node a `Connected` status names.
-fn node_of(status: &Status) -> Option<usize> {
+/// The node a `Connected` status names.
+fn node_of(status: &Status) -> Option<Node> {
     let Status::Connected { node } = status else {
         return None;
     };
-    NODES
-        .iter()
-        .position(|(_, port, _)| node.ends_with(&format!(":{port}")))
+    node.rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .and_then(Node::of_port)
 }
 
-/// The type of queue `name` as node `i`'s management API lists it.
-fn queue_type(i: usize, name: &str) -> String {
-    let url = format!(
-        "http://127.0.0.1:{}/api/queues/%2F/{name}?columns=type",
-        NODES[i].2
-    );
+/// The type of queue `name` as `node`'s management API lists it.
+fn queue_type(node: Node, name: &str) -> String {
+    let url = format!("{}/api/queues/%2F/{name}?columns=type", node.management());
     let out = std::process::Command::new("curl")
         .args(["-fsS", "--max-time", "5", "-u", "guest:guest", &url])
         .output()
@@ -125,9 +78,6 @@ fn queue_type(i: usize, name: &str) -> String {
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     body["type"].as_str().unwrap_or("?").to_owned()
 }
-
-/// Serialises the tests: each kills a node of the cluster.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Which bus is on the 3-host URL, and so sees its node killed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,11 +98,11 @@ async fn a_publisher_moves_to_another_node_when_its_node_is_killed_and_loses_not
 
 async fn node_loss(on_cluster: OnCluster) {
     const N: u32 = 10_000;
-    let _serial = ONE_AT_A_TIME.lock().await;
-    // Idempotent; a moment when the cluster is up.
-    tokio::task::spawn_blocking(|| cluster_sh(&["start"]))
+    // Held to the end: no other test (of this binary or any other) takes a node down
+    // meanwhile; it starts any node that is down.
+    let _cluster = tokio::task::spawn_blocking(cluster::exclusive)
         .await
-        .unwrap();
+        .expect("the test cluster");
     let exchange = format!("tc-{}", tidings_core::envelope::new_id());
     let group = "workers";
     let query = format!("exchange={exchange}&publish_timeout_ms=60000");
@@ -165,7 +115,7 @@ async fn node_loss(on_cluster: OnCluster) {
     let mut status = moving.status();
     let doomed = node_of(&status.borrow_and_update()).expect("the bus is connected");
     // The other bus on another node, which stays up; the cleanup through it.
-    let survivor = (doomed + 1) % NODES.len();
+    let survivor = Node(doomed.0 % 3 + 1);
     let _cleanup = Cleanup {
         url: node_url(survivor, &query),
         exchange: exchange.clone(),
@@ -181,7 +131,8 @@ async fn node_loss(on_cluster: OnCluster) {
     };
     println!(
         "{on_cluster:?} on {} (3-host url), the other on {}",
-        NODES[doomed].0, NODES[survivor].0
+        doomed.name(),
+        survivor.name()
     );
 
     // Handled messages: how many times each, and when the last one was handled.
@@ -242,15 +193,15 @@ async fn node_loss(on_cluster: OnCluster) {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let restart = RestartGuard(NODES[doomed].0);
+    let restart = cluster::RestartOnDrop;
     let before_kill = distinct(&seen);
     let killed_at = Instant::now();
-    tokio::task::spawn_blocking(move || cluster_sh(&["kill", NODES[doomed].0]))
+    tokio::task::spawn_blocking(move || doomed.kill())
         .await
         .unwrap();
     println!(
         "killed {} after {before_kill} distinct messages",
-        NODES[doomed].0
+        doomed.name()
     );
     let moved = tokio::time::timeout(
         Duration::from_secs(60),
@@ -262,7 +213,7 @@ async fn node_loss(on_cluster: OnCluster) {
     .clone();
     let reconnected = killed_at.elapsed();
     // Start the killed node again while the stream goes on.
-    let restarting = tokio::task::spawn_blocking(move || cluster_sh(&["start", NODES[doomed].0]));
+    let restarting = tokio::task::spawn_blocking(move || doomed.start());
 
     let deadline = Instant::now() + Duration::from_secs(180);
     while distinct(&seen) < N as usize && Instant::now() < deadline {
@@ -310,7 +261,7 @@ async fn node_loss(on_cluster: OnCluster) {
         missing.is_empty(),
         "{} messages lost across the kill of {}, e.g. {:?}",
         missing.len(),
-        NODES[doomed].0,
+        doomed.name(),
         &missing[..missing.len().min(10)]
     );
     let _ = publisher.shutdown().await;

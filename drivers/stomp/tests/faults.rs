@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Broker;
+use tidings_conformance::cluster::{self, Node, NODES};
 use tidings_conformance::support::Note;
 use tidings_core::{Bus, Status};
 use tokio::net::{TcpListener, TcpStream};
@@ -308,88 +309,38 @@ async fn activemq_connection_cut_while_10k_flow_to_a_group() {
     connection_cut_while_10k_flow_to_a_group(Broker::ActiveMq).await;
 }
 
-/// The RabbitMQ test cluster (`scripts/cluster.sh`): node `tidings<i>@localhost` serves STOMP
-/// on 127.0.0.1:6168<i+1> and its management API on 127.0.0.1:1568<i+1>.
-mod cluster {
-    /// Serialises the tests that kill a node: two at once could take the quorum down.
-    pub(crate) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// The test cluster node whose STOMP port `address` (`127.0.0.1:61683`) names.
+fn cluster_node_of(address: &str) -> Node {
+    address
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .and_then(Node::of_port)
+        .unwrap_or_else(|| panic!("{address} is no cluster node"))
+}
 
-    /// The STOMP ports of nodes 1, 2, 3.
-    pub(crate) const STOMP_PORTS: [u16; 3] = [61682, 61683, 61684];
+/// `stomp://guest:guest@<nodes>/?...` for the given test cluster nodes, in that order.
+fn cluster_url(nodes: &[Node], options: &str) -> String {
+    let hosts: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.stomp_port()))
+        .collect();
+    format!("stomp://guest:guest@{}/?{options}", hosts.join(","))
+}
 
-    /// `scripts/cluster.sh ARGS`; panics with its output when it fails.
-    pub(crate) fn sh(args: &[&str]) {
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cluster.sh");
-        let out = std::process::Command::new("bash")
-            .arg(script)
-            .args(args)
-            .output()
-            .expect("bash runs scripts/cluster.sh");
-        print!("{}", String::from_utf8_lossy(&out.stdout));
-        assert!(
-            out.status.success(),
-            "scripts/cluster.sh {args:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+/// Deletes the namespace's queues through the management API of the first node of `nodes`
+/// that answers.
+fn cluster_cleanup(nodes: &[Node], namespace: &str) {
+    for n in nodes {
+        let broker = format!(
+            "{}&management={}",
+            cluster_url(&[*n], &format!("exchange={namespace}")),
+            n.management()
         );
-    }
-
-    /// The node (1, 2, 3) whose STOMP port `address` (`127.0.0.1:61683`) names.
-    pub(crate) fn node_of(address: &str) -> usize {
-        let port: u16 = address
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no port in {address:?}"));
-        STOMP_PORTS
-            .iter()
-            .position(|p| *p == port)
-            .unwrap_or_else(|| panic!("{address} is no cluster node"))
-            + 1
-    }
-
-    /// `stomp://guest:guest@<nodes>/?...` for the given nodes (1, 2, 3), in that order.
-    pub(crate) fn url(nodes: &[usize], options: &str) -> String {
-        let hosts: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", STOMP_PORTS[n - 1]))
-            .collect();
-        format!("stomp://guest:guest@{}/?{options}", hosts.join(","))
-    }
-
-    /// Starts node `n` again when dropped, so a failing test never leaves it down.
-    pub(crate) struct Restart(pub(crate) usize);
-
-    impl Drop for Restart {
-        fn drop(&mut self) {
-            let node = self.0.to_string();
-            let _ = std::process::Command::new("bash")
-                .arg(
-                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                        .join("../../scripts/cluster.sh"),
-                )
-                .args(["start", &node])
-                .output();
-        }
-    }
-
-    /// Deletes the namespace's queues through the management API of the first node of
-    /// `nodes` that answers.
-    pub(crate) fn cleanup(nodes: &[usize], namespace: &str) {
-        for n in nodes {
-            let broker = format!(
-                "{}&management=http://127.0.0.1:{}",
-                url(&[*n], &format!("exchange={namespace}")),
-                15681 + n
-            );
-            let deleted = tidings_conformance::rabbitmq::Management::for_broker(&broker)
-                .and_then(|m| m.delete_namespace(namespace));
-            match deleted {
-                Ok(()) => return,
-                Err(e) => eprintln!("cleanup of {namespace} on node {n}: {e}"),
-            }
+        let deleted = tidings_conformance::rabbitmq::Management::for_broker(&broker)
+            .and_then(|m| m.delete_namespace(namespace));
+        match deleted {
+            Ok(()) => return,
+            Err(e) => eprintln!("cleanup of {namespace} on node {}: {e}", n.0),
         }
     }
 }
@@ -402,33 +353,37 @@ mod cluster {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_cluster_consumers_node_killed_mid_stream_loses_nothing() {
     const N: u32 = 6_000;
-    let _serial = cluster::ONE_AT_A_TIME.lock().await;
-    tokio::task::spawn_blocking(|| cluster::sh(&["start"]))
+    // Held to the end: no other test (of this binary or any other) takes a node down
+    // meanwhile; it starts any node that is down.
+    let _cluster = tokio::task::spawn_blocking(cluster::exclusive)
         .await
-        .expect("cluster start");
+        .expect("the test cluster");
     let namespace = format!("fault-node-{}", tidings_conformance::support::unique_tag());
     let group = format!("{namespace}.workers");
     let options = format!("exchange={namespace}&heartbeat_ms=2000&publish_timeout_ms=120000");
 
     // The consumer: every node, tried in a shuffled order.
     let consumer = Bus::new(
-        tidings_stomp::connect(&cluster::url(&[1, 2, 3], &options))
+        tidings_stomp::connect(&cluster_url(&NODES, &options))
             .await
             .expect("connect consumer to the cluster"),
     );
     let mut consumer_status = consumer.status();
     let victim = match &*consumer_status.borrow_and_update() {
-        Status::Connected { node } => cluster::node_of(node),
+        Status::Connected { node } => cluster_node_of(node),
         other => panic!("consumer status after connect: {other:?}"),
     };
     // The publisher: one node that stays up (a one-host URL, so it is that node).
-    let stays = if victim == 1 { 2 } else { 1 };
+    let stays = if victim == Node(1) { Node(2) } else { Node(1) };
     let publisher = Bus::new(
-        tidings_stomp::connect(&cluster::url(&[stays], &options))
+        tidings_stomp::connect(&cluster_url(&[stays], &options))
             .await
             .expect("connect publisher"),
     );
-    println!("consumer on node {victim}, publisher on node {stays}");
+    println!(
+        "consumer on node {}, publisher on node {}",
+        victim.0, stays.0
+    );
 
     let handled: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
     let sink = handled.clone();
@@ -479,18 +434,21 @@ async fn rabbitmq_cluster_consumers_node_killed_mid_stream_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let restart = cluster::Restart(victim);
+    let restart = cluster::RestartOnDrop;
     let at = handled.lock().unwrap().len();
     let killed_at = Instant::now();
-    tokio::task::spawn_blocking(move || cluster::sh(&["kill", &victim.to_string()]))
+    tokio::task::spawn_blocking(move || victim.kill())
         .await
         .expect("kill");
-    println!("killed node {victim} (SIGKILL) after {at} of {N} deliveries");
+    println!(
+        "killed node {} (SIGKILL) after {at} of {N} deliveries",
+        victim.0
+    );
     // The consumer moves to another node.
     let moved_to = tokio::time::timeout(
         Duration::from_secs(60),
         consumer_status.wait_for(
-            |s| matches!(s, Status::Connected { node } if cluster::node_of(node) != victim),
+            |s| matches!(s, Status::Connected { node } if cluster_node_of(node) != victim),
         ),
     )
     .await
@@ -541,14 +499,14 @@ async fn rabbitmq_cluster_consumers_node_killed_mid_stream_loses_nothing() {
     let _ = consumer.shutdown().await;
     let _ = publisher.shutdown().await;
     tokio::task::spawn_blocking(move || {
-        cluster::sh(&["start", &victim.to_string()]);
+        victim.start();
         drop(restart);
     })
     .await
     .expect("restart");
     tokio::task::spawn_blocking({
         let namespace = namespace.clone();
-        move || cluster::cleanup(&[stays, victim], &namespace)
+        move || cluster_cleanup(&[stays, victim], &namespace)
     })
     .await
     .expect("cleanup");
@@ -560,8 +518,9 @@ async fn rabbitmq_cluster_consumers_node_killed_mid_stream_loses_nothing() {
     );
     assert!(
         lost.is_empty(),
-        "{} messages lost across the kill of node {victim}, e.g. {:?}",
+        "{} messages lost across the kill of node {}, e.g. {:?}",
         lost.len(),
+        victim.0,
         &lost[..lost.len().min(10)]
     );
 }
@@ -573,25 +532,26 @@ async fn rabbitmq_cluster_consumers_node_killed_mid_stream_loses_nothing() {
 /// inbox was subscribed again there, at the same address).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_cluster_calls_work_after_the_callers_node_is_killed() {
-    let _serial = cluster::ONE_AT_A_TIME.lock().await;
-    tokio::task::spawn_blocking(|| cluster::sh(&["start"]))
+    // Held to the end: no other test (of this binary or any other) takes a node down
+    // meanwhile; it starts any node that is down.
+    let _cluster = tokio::task::spawn_blocking(cluster::exclusive)
         .await
-        .expect("cluster start");
+        .expect("the test cluster");
     let namespace = format!("fault-rpc-{}", tidings_conformance::support::unique_tag());
     let options = format!("exchange={namespace}&heartbeat_ms=2000");
     let client = Bus::new(
-        tidings_stomp::connect(&cluster::url(&[1, 2, 3], &options))
+        tidings_stomp::connect(&cluster_url(&NODES, &options))
             .await
             .expect("connect the caller to the cluster"),
     );
     let mut status = client.status();
     let victim = match &*status.borrow_and_update() {
-        Status::Connected { node } => cluster::node_of(node),
+        Status::Connected { node } => cluster_node_of(node),
         other => panic!("caller status after connect: {other:?}"),
     };
-    let stays = if victim == 1 { 2 } else { 1 };
+    let stays = if victim == Node(1) { Node(2) } else { Node(1) };
     let server = Bus::new(
-        tidings_stomp::connect(&cluster::url(&[stays], &options))
+        tidings_stomp::connect(&cluster_url(&[stays], &options))
             .await
             .expect("connect the server"),
     );
@@ -626,15 +586,15 @@ async fn rabbitmq_cluster_calls_work_after_the_callers_node_is_killed() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let restart = cluster::Restart(victim);
+    let restart = cluster::RestartOnDrop;
     let killed_at = Instant::now();
-    tokio::task::spawn_blocking(move || cluster::sh(&["kill", &victim.to_string()]))
+    tokio::task::spawn_blocking(move || victim.kill())
         .await
         .expect("kill");
     tokio::time::timeout(
         Duration::from_secs(60),
         status.wait_for(
-            |s| matches!(s, Status::Connected { node } if cluster::node_of(node) != victim),
+            |s| matches!(s, Status::Connected { node } if cluster_node_of(node) != victim),
         ),
     )
     .await
@@ -673,21 +633,22 @@ async fn rabbitmq_cluster_calls_work_after_the_callers_node_is_killed() {
         assert_eq!(got, n * 2);
     }
     println!(
-        "rpc across the kill of node {victim}: of 20 calls in flight {answered} answered, {} \
+        "rpc across the kill of node {}: of 20 calls in flight {answered} answered, {} \
          failed by their timeout (e.g. {:?}); the first call after the kill succeeded \
          {recovered:?} after it",
+        victim.0,
         failed.len(),
         failed.first()
     );
     let _ = client.shutdown().await;
     let _ = server.shutdown().await;
     tokio::task::spawn_blocking(move || {
-        cluster::sh(&["start", &victim.to_string()]);
+        victim.start();
         drop(restart);
     })
     .await
     .expect("restart");
-    tokio::task::spawn_blocking(move || cluster::cleanup(&[stays, victim], &namespace))
+    tokio::task::spawn_blocking(move || cluster_cleanup(&[stays, victim], &namespace))
         .await
         .expect("cleanup");
 }
