@@ -46,13 +46,7 @@ pub const URL_VAR: &str = "TIDINGS_URL";
 /// The scheme picks the driver; a scheme whose driver is not compiled in is an error that
 /// names the cargo feature to enable. Credentials in the URL never appear in errors or logs.
 pub async fn connect(url: &str) -> Result<Bus> {
-    let parsed = url::Url::parse(url).map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidUrl,
-            format!("cannot parse broker url {:?}: {e}; expected for example memory:// or amqp://user:pass@host:5672/vhost", redact(url)),
-        )
-    })?;
-    let provider = match parsed.scheme() {
+    let provider = match scheme_of(url)? {
         "memory" => use_driver!("memory", tidings_memory, url),
         "amqp" | "amqps" => use_driver!("amqp091", tidings_amqp091, url),
         "amqp10" | "amqp10s" => use_driver!("amqp10", tidings_amqp10, url),
@@ -89,26 +83,42 @@ pub fn isolated_url(url: &str, namespace: &str) -> Result<String> {
             format!("namespace: {}", e.message()),
         )
     })?;
-    let mut parsed = url::Url::parse(url).map_err(|e| {
-        Error::new(
-            ErrorKind::InvalidUrl,
-            format!("cannot parse broker url {:?}: {e}", redact(url)),
-        )
-    })?;
-    if parsed.scheme() == "memory" {
+    if scheme_of(url)? == "memory" {
         return Ok(format!("memory://{namespace}"));
     }
-    let kept: Vec<(String, String)> = parsed
-        .query_pairs()
-        .filter(|(k, _)| k != "exchange")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    parsed
-        .query_pairs_mut()
-        .clear()
-        .extend_pairs(kept)
-        .append_pair("exchange", namespace);
-    Ok(parsed.to_string())
+    // Split by hand: a cluster URL's host list (`h1:5672,h2:5673`) is not a URL the `url`
+    // crate parses.
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut options = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if key != "exchange" {
+            options.append_pair(&key, &value);
+        }
+    }
+    options.append_pair("exchange", namespace);
+    Ok(format!("{base}?{}", options.finish()))
+}
+
+/// The scheme of a broker URL (`amqp` of `amqp://…`), or a clear error when there is none.
+fn scheme_of(url: &str) -> Result<&str> {
+    match url.split_once("://") {
+        Some((scheme, _))
+            if !scheme.is_empty()
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            Ok(scheme)
+        }
+        _ => Err(Error::new(
+            ErrorKind::InvalidUrl,
+            format!(
+                "cannot parse broker url {:?}: it does not start with a scheme://; expected \
+                 for example memory:// or amqp://user:pass@host:5672/vhost",
+                redact(url)
+            ),
+        )),
+    }
 }
 
 /// Picks a driver if its feature is compiled in, or says which feature to enable.
@@ -140,7 +150,7 @@ mod tests {
     async fn bad_urls_say_what_is_wrong() {
         let e = connect("not a url").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidUrl);
-        assert!(e.to_string().contains("cannot parse"), "{e}");
+        assert!(e.to_string().contains("cannot parse broker url"), "{e}");
         let e = connect("kafka://host").await.unwrap_err();
         assert!(e.to_string().contains("unknown scheme \"kafka\""), "{e}");
     }
@@ -169,6 +179,22 @@ mod tests {
             let e = connect(url).await.unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{url}: {e}");
             assert!(e.to_string().contains("bogus_option"), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn cluster_urls_are_isolated_and_bad_urls_refused() {
+        assert_eq!(
+            isolated_url("amqp://u:p@h1:5682,h2:5683/%2f?heartbeat=5", "t1").unwrap(),
+            "amqp://u:p@h1:5682,h2:5683/%2f?heartbeat=5&exchange=t1"
+        );
+        assert_eq!(
+            isolated_url("stomp://h1,h2", "t1").unwrap(),
+            "stomp://h1,h2?exchange=t1"
+        );
+        for bad in ["", "amqp", "://h", "amqp:/h", "am qp://h"] {
+            let e = isolated_url(bad, "t1").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidUrl, "{bad:?}");
         }
     }
 

@@ -234,13 +234,10 @@ async fn cleanup(system: Option<&'static str>, isolated: &str) -> Result<String,
 }
 
 fn namespace_of(isolated: &str) -> String {
-    url::Url::parse(isolated)
-        .ok()
-        .and_then(|u| {
-            u.query_pairs()
-                .find(|(k, _)| k == "exchange")
-                .map(|(_, v)| v.into_owned())
-        })
+    let query = isolated.split_once('?').map_or("", |(_, q)| q);
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "exchange")
+        .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
 }
 
