@@ -63,7 +63,7 @@ impl fmt::Display for ErrorKind {
             Self::Closed => "closed",
             Self::Unsupported => "unsupported",
             Self::Stopped => "stopped",
-            Self::Declined => "declined",
+            Self::Declined => "no server took the request",
         };
         f.write_str(s)
     }
