@@ -7,6 +7,9 @@
 #   tidings2@localhost   127.0.0.1:5683     127.0.0.1:61683  127.0.0.1:15683   25683
 #   tidings3@localhost   127.0.0.1:5684     127.0.0.1:61684  127.0.0.1:15684   25684
 #
+# and TLS listeners with a certificate of a test CA made here ($BASE/tls/ca.pem): AMQP 0.9.1 and
+# 1.0 on 5692-5694, STOMP on 61692-61694.
+#
 # Each node has its own config, enabled-plugins and env files, data, logs and pid file under
 # /var/lib/tidings-cluster/<node>, runs as the `rabbitmq` user (when it exists) and shares that
 # user's Erlang cookie, so `rabbitmqctl -n tidings3@localhost …` works. Login guest/guest, from
@@ -40,6 +43,8 @@ SERVER=/usr/lib/rabbitmq/bin/rabbitmq-server
 num() { echo "${1#tidings}"; }
 amqp_port() { echo $((5681 + $(num "$1"))); }
 stomp_port() { echo $((61681 + $(num "$1"))); }
+amqps_port() { echo $((5691 + $(num "$1"))); }
+stomps_port() { echo $((61691 + $(num "$1"))); }
 mgmt_port() { echo $((15681 + $(num "$1"))); }
 dist_port() { echo $((25681 + $(num "$1"))); }
 full() { echo "$1@$HOST"; }
@@ -115,14 +120,43 @@ write_if_changed() { # file content
     return 1
 }
 
+# A test CA and a server certificate for localhost and 127.0.0.1 signed by it, made once:
+# the TLS listeners use them, and tests trust the CA with ?ca=$BASE/tls/ca.pem.
+make_certificates() {
+    local t=$BASE/tls
+    [ -s "$t/ca.pem" ] && [ -s "$t/server.pem" ] && [ -s "$t/server.key" ] && return 0
+    command -v openssl >/dev/null || die "openssl is needed for the cluster's TLS listeners"
+    mkdir -p "$t"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=tidings test CA" \
+        -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$t/ca.key" -out "$t/ca.pem" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+        -keyout "$t/server.key" -out "$t/server.csr" 2>/dev/null
+    printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+        "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$t/server.ext"
+    openssl x509 -req -days 3650 -in "$t/server.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" \
+        -CAcreateserial -extfile "$t/server.ext" -out "$t/server.pem" 2>/dev/null
+    chmod 0644 "$t/server.key"
+    log "made a test CA and a server certificate in $t"
+}
+
 # Writes the node's files; returns 0 if any of them changed.
 write_files() {
     local node=$1 d changed=1
     d=$(dir "$node")
     mkdir -p "$d/mnesia" "$d/log"
+    make_certificates
     write_if_changed "$d/rabbitmq.conf" "# written by scripts/cluster.sh
 listeners.tcp.1 = 127.0.0.1:$(amqp_port "$node")
 stomp.listeners.tcp.1 = 127.0.0.1:$(stomp_port "$node")
+# TLS: AMQP 0.9.1 and 1.0, and STOMP, with the test CA's server certificate
+listeners.ssl.1 = 127.0.0.1:$(amqps_port "$node")
+stomp.listeners.ssl.1 = 127.0.0.1:$(stomps_port "$node")
+ssl_options.cacertfile = $BASE/tls/ca.pem
+ssl_options.certfile = $BASE/tls/server.pem
+ssl_options.keyfile = $BASE/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $(mgmt_port "$node")
 # a node waiting for its peers' tables gives up after 3 x 10 s instead of 10 x 30 s

@@ -193,11 +193,16 @@ impl Session {
                 .await
         };
         let connection = connect.await.map_err(|e| {
+            let check = if e.to_string().contains("certificate") {
+                "does the url's host match the broker's certificate, and is its CA trusted \
+                 (installed on the host, or given as ?ca=<pem file>)?"
+            } else {
+                "check that RabbitMQ runs there and that the user, password and vhost are right"
+            };
             transport(
                 ErrorKind::Connection,
                 format!(
-                    "cannot connect to RabbitMQ node {node} of {}: {e}; check that RabbitMQ runs \
-                     there and that the user, password and vhost are right",
+                    "cannot connect to RabbitMQ node {node} of {}: {e}; {check}",
                     config.redacted
                 ),
                 e,
