@@ -79,21 +79,22 @@ impl Config {
         // so only the options lapin reads pass.
         let mut url = BrokerUrl::parse(url, "amqp091", &["amqp", "amqps"])?;
         let tls = Tls::from_url(&mut url, "amqps")?.map(Arc::new);
-        let queue_type =
-            match url.take(QUEUE_TYPE).as_deref() {
-                Some("quorum") => QueueType::Quorum,
-                Some("classic") => QueueType::Classic,
-                // A cluster's durable groups must survive the loss of a node; one node gains
-                // nothing from replication and pays for it on every message.
-                None if url.nodes().len() > 1 => QueueType::Quorum,
-                None => QueueType::Classic,
-                Some(other) => return Err(Error::new(
+        let queue_type = match url.take(QUEUE_TYPE).as_deref() {
+            Some("quorum") => QueueType::Quorum,
+            Some("classic") => QueueType::Classic,
+            // A cluster's durable groups must survive the loss of a node; one node gains
+            // nothing from replication and pays for it on every message.
+            None if url.nodes().len() > 1 => QueueType::Quorum,
+            None => QueueType::Classic,
+            Some(other) => {
+                return Err(Error::new(
                     ErrorKind::InvalidUrl,
                     format!(
                         "{QUEUE_TYPE}={other:?}: the amqp091 driver knows `classic` and `quorum`"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         let mut known = LAPIN_OPTIONS.to_vec();
         known.extend([QUEUE_TYPE, tidings_plumbing::tls::CA_OPTION]);
         url.reject_unknown(&known)?;
