@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidings_core::broker_url::Node;
-use tidings_core::{BrokerUrl, Error, ErrorKind, Result};
+use tidings_core::{BrokerUrl, Result};
+use tidings_plumbing::queue_type::{self, QueueType};
 use tidings_plumbing::Tls;
 
 #[cfg(test)]
@@ -19,28 +20,6 @@ const LAPIN_OPTIONS: &[&str] = &[
     "connection_timeout",
     "auth_mechanism",
 ];
-
-/// The driver's own option choosing the type of durable queues.
-const QUEUE_TYPE: &str = "queue-type";
-
-/// The type of the queues that outlive a subscription (durable groups, dead letters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum QueueType {
-    /// Lives on one node: lost (until that node returns) when the node dies.
-    Classic,
-    /// Replicated over the cluster's nodes (Raft): survives the loss of a minority of them.
-    Quorum,
-}
-
-impl QueueType {
-    /// The `x-queue-type` argument's value.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::Classic => "classic",
-            Self::Quorum => "quorum",
-        }
-    }
-}
 
 /// A parsed `amqp://` or `amqps://` URL.
 #[derive(Clone)]
@@ -79,24 +58,10 @@ impl Config {
         // so only the options lapin reads pass.
         let mut url = BrokerUrl::parse(url, "amqp091", &["amqp", "amqps"])?;
         let tls = Tls::from_url(&mut url, "amqps")?.map(Arc::new);
-        let queue_type = match url.take(QUEUE_TYPE).as_deref() {
-            Some("quorum") => QueueType::Quorum,
-            Some("classic") => QueueType::Classic,
-            // A cluster's durable groups must survive the loss of a node; one node gains
-            // nothing from replication and pays for it on every message.
-            None if url.nodes().len() > 1 => QueueType::Quorum,
-            None => QueueType::Classic,
-            Some(other) => {
-                return Err(Error::new(
-                    ErrorKind::InvalidUrl,
-                    format!(
-                        "{QUEUE_TYPE}={other:?}: the amqp091 driver knows `classic` and `quorum`"
-                    ),
-                ))
-            }
-        };
+        let queue_type = QueueType::take(&mut url, "amqp091")?
+            .unwrap_or_else(|| QueueType::default_for(url.nodes()));
         let mut known = LAPIN_OPTIONS.to_vec();
-        known.extend([QUEUE_TYPE, tidings_plumbing::tls::CA_OPTION]);
+        known.extend([queue_type::OPTION, tidings_plumbing::tls::CA_OPTION]);
         url.reject_unknown(&known)?;
         Ok(Self {
             redacted: url.redacted().to_owned(),

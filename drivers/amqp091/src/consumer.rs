@@ -29,13 +29,12 @@ use lapin::{Acker, BasicProperties, Channel};
 use tidings_core::driver::{Completion, Consumer, Delivery, Outcome, Settle};
 use tidings_core::envelope::now_ms;
 use tidings_core::{async_trait, Error, ErrorKind, Result};
-use tidings_plumbing::Backoff;
+use tidings_plumbing::{Backoff, QueueType};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::QueueType;
 use crate::connection::{closed, Live, Shared};
 use crate::errors::transport;
 use crate::publisher::{publish, Target};

@@ -21,14 +21,9 @@ use std::sync::Arc;
 use tidings_core::{Error, ErrorKind, Result};
 use tokio::time::Instant;
 
-use crate::config::QueueType;
 use crate::connection::Shared;
 use crate::errors::transport;
-
-/// The delivery limit declared on quorum queues: out of reach, so RabbitMQ never drops or
-/// dead-letters a message on its own (the largest value its 32-bit argument takes; `-1`, which
-/// RabbitMQ 4 reads as "no limit", is not understood so by RabbitMQ 3).
-const DELIVERY_LIMIT: i32 = i32::MAX;
+use tidings_plumbing::queue_type::{QueueType, DELIVERY_LIMIT};
 
 /// The kinds of queue the driver uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,16 +159,12 @@ pub(crate) async fn declare_queue(
         .map_err(|e| {
             let shown = if name.is_empty() { "(server-named)" } else { name };
             let wanted = if kind.lasting() {
-                queue_type.name()
+                queue_type
             } else {
-                QueueType::Classic.name()
+                QueueType::Classic
             };
-            let hint = if let Some(existing) = existing_type(&e.to_string()) {
-                format!(
-                    "; the queue already exists as a {existing} queue and this url declares \
-                     {wanted} queues: use ?queue-type={existing}, or move its messages and \
-                     delete it (rabbitmqctl delete_queue {shown})"
-                )
+            let hint = if let Some(mismatch) = wanted.mismatch(&e.to_string(), shown) {
+                format!("; {mismatch} (rabbitmqctl delete_queue {shown})")
             } else if e.to_string().contains("PRECONDITION_FAILED") {
                 format!(
                     "; the queue already exists with other settings than {}: delete it \
@@ -192,19 +183,6 @@ pub(crate) async fn declare_queue(
             )
         })?;
     Ok(queue.name().as_str().to_owned())
-}
-
-/// The type of an existing queue, from the broker's refusal of a declaration of another type:
-/// `inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received the value 'quorum' of
-/// type 'longstr' but current is none` (no argument: classic).
-fn existing_type(refusal: &str) -> Option<String> {
-    let (_, about_type) = refusal.split_once("inequivalent arg 'x-queue-type'")?;
-    let (_, current) = about_type.split_once("but current is ")?;
-    if current.starts_with("none") {
-        return Some(QueueType::Classic.name().to_owned());
-    }
-    let value = current.split('\'').nth(1)?;
-    Some(value.to_owned())
 }
 
 /// Binds `queue` to the exchange with a topic pattern (tidings patterns are AMQP topic patterns).
@@ -269,20 +247,6 @@ pub(crate) async fn ensure_dead_queue(shared: &Arc<Shared>, queue: &str) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_existing_type_is_read_from_the_refusal() {
-        let classic = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in \
-                       vhost '/': received the value 'quorum' of type 'longstr' but current is none";
-        assert_eq!(existing_type(classic).as_deref(), Some("classic"));
-        let quorum = "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'q' in \
-                      vhost '/': received none but current is the value 'quorum' of type 'longstr'";
-        assert_eq!(existing_type(quorum).as_deref(), Some("quorum"));
-        assert_eq!(
-            existing_type("PRECONDITION_FAILED - inequivalent arg 'durable'"),
-            None
-        );
-    }
 
     #[test]
     fn only_lasting_queues_of_a_quorum_url_are_quorum_queues() {

@@ -148,6 +148,23 @@ impl Seen {
     }
 }
 
+/// Joins durable group `group` on `stock.#` (prefetch 100), recording what arrives.
+async fn consume_group(bus: &Bus, group: &str) -> (tidings_core::Subscription, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
+    let recorder = seen.clone();
+    let subscription = bus
+        .subscribe::<u32>("stock.#")
+        .group(group)
+        .prefetch(100)
+        .handle(move |n| {
+            recorder.record(n);
+            async { Ok(()) }
+        })
+        .await
+        .expect("subscribe");
+    (subscription, seen)
+}
+
 /// Publishes `0..total` on `bus`, one every 2 ms (so node losses land mid-stream), at most 64
 /// waiting for their confirm; a publish that fails is published again, as a program would
 /// (counted in `failed`), so a message is lost only if a publish that returned `Ok` never
@@ -205,23 +222,7 @@ async fn killing_the_consumers_node_then_the_publishers_loses_nothing() {
     let (consumer, consumer_node) = connect_avoiding(&exchange, None).await;
     let (publisher, publisher_node) = connect_avoiding(&exchange, Some(consumer_node)).await;
     println!("consumer on {consumer_node:?}, publisher on {publisher_node:?}");
-    let seen = Arc::new(Seen::default());
-    let _sub = consumer
-        .subscribe::<u32>("stock.#")
-        .group(&format!("{exchange}-g"))
-        .prefetch(100)
-        .handle({
-            let seen = seen.clone();
-            move |n| {
-                let seen = seen.clone();
-                async move {
-                    seen.record(n);
-                    Ok(())
-                }
-            }
-        })
-        .await
-        .expect("subscribe");
+    let (_sub, seen) = consume_group(&consumer, &format!("{exchange}-g")).await;
 
     let confirmed = Arc::new(AtomicU32::new(0));
     let failed = Arc::new(AtomicU32::new(0));
@@ -430,22 +431,7 @@ async fn a_rolling_restart_of_every_node_loses_nothing() {
 
     let (consumer, _) = connect_avoiding(&exchange, None).await;
     let (publisher, _) = connect_avoiding(&exchange, None).await;
-    let seen = Arc::new(Seen::default());
-    let _sub = consumer
-        .subscribe::<u32>("stock.#")
-        .group(&format!("{exchange}-g"))
-        .handle({
-            let seen = seen.clone();
-            move |n| {
-                let seen = seen.clone();
-                async move {
-                    seen.record(n);
-                    Ok(())
-                }
-            }
-        })
-        .await
-        .expect("subscribe");
+    let (_sub, seen) = consume_group(&consumer, &format!("{exchange}-g")).await;
 
     // Publishes a steady trickle (one every 5 ms) for as long as the restarts take.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -10,33 +10,13 @@ use std::time::Duration;
 
 use tidings_core::broker_url::Node;
 use tidings_core::{BrokerUrl, Error, ErrorKind, Result};
+use tidings_plumbing::queue_type::{self, QueueType};
 use tidings_plumbing::Tls;
 
 /// The option naming the management API(s) of a dialect that declares through one.
 const MANAGEMENT: &str = "management";
 /// The option choosing the broker dialect.
 const DIALECT: &str = "dialect";
-/// The option choosing the type of durable queues.
-const QUEUE_TYPE: &str = "queue-type";
-
-/// The type of the queues that outlive a subscription (durable groups, dead letters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum QueueType {
-    /// Lives on one node: gone (until that node returns) when the node dies.
-    Classic,
-    /// Replicated over the cluster's nodes (Raft): survives the loss of a minority of them.
-    Quorum,
-}
-
-impl QueueType {
-    /// The `x-queue-type` argument's value.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Self::Classic => "classic",
-            Self::Quorum => "quorum",
-        }
-    }
-}
 
 /// Everything the driver reads from the URL.
 #[derive(Clone)]
@@ -106,26 +86,12 @@ impl Config {
             .take(DIALECT)
             .filter(|d| !d.is_empty())
             .map_or_else(|| "rabbitmq".to_owned(), |d| d.to_ascii_lowercase());
-        let queue_type = match url.take(QUEUE_TYPE).as_deref() {
-            Some("quorum") => QueueType::Quorum,
-            Some("classic") => QueueType::Classic,
-            // A cluster's durable groups must survive the loss of a node; one node gains
-            // nothing from replication and pays for it on every message.
-            None if nodes.len() > 1 => QueueType::Quorum,
-            None => QueueType::Classic,
-            Some(other) => {
-                return Err(Error::new(
-                    ErrorKind::InvalidUrl,
-                    format!(
-                        "{QUEUE_TYPE}={other:?}: the amqp10 driver knows `classic` and `quorum`"
-                    ),
-                ))
-            }
-        };
+        let queue_type =
+            QueueType::take(&mut url, "amqp10")?.unwrap_or_else(|| QueueType::default_for(&nodes));
         url.reject_unknown(&[
             MANAGEMENT,
             DIALECT,
-            QUEUE_TYPE,
+            queue_type::OPTION,
             tidings_plumbing::tls::CA_OPTION,
         ])?;
         Ok(Config {

@@ -6,21 +6,10 @@ use std::time::Duration;
 
 use tidings_core::broker_url::Node;
 use tidings_core::{BrokerUrl, Error, ErrorKind, Result};
+use tidings_plumbing::queue_type::{self, QueueType};
 use tidings_plumbing::Tls;
 
 use crate::dialect::DialectKind;
-
-/// The driver's own option choosing the type of durable group queues (RabbitMQ only).
-const QUEUE_TYPE: &str = "queue-type";
-
-/// The type of a durable group's queue on RabbitMQ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum QueueType {
-    /// Lives on one node: unreachable (until that node returns) when the node dies.
-    Classic,
-    /// Replicated over the cluster's nodes (Raft): survives the loss of a minority of them.
-    Quorum,
-}
 
 /// Everything [`crate::connect`] reads from the URL.
 #[derive(Clone)]
@@ -102,22 +91,8 @@ impl Config {
                 )
             })?),
         };
-        let given = url.take(QUEUE_TYPE);
-        let queue_type = match given.as_deref() {
-            Some("quorum") => QueueType::Quorum,
-            Some("classic") => QueueType::Classic,
-            // A cluster's durable groups must survive the loss of a node; one node gains
-            // nothing from replication and pays for it on every message.
-            None if url.nodes().len() > 1 => QueueType::Quorum,
-            None => QueueType::Classic,
-            Some(other) => {
-                return Err(bad(
-                    QUEUE_TYPE,
-                    other,
-                    "the stomp driver knows `classic` and `quorum`",
-                ))
-            }
-        };
+        let given = QueueType::take(&mut url, "stomp")?;
+        let queue_type = given.unwrap_or_else(|| QueueType::default_for(url.nodes()));
         let heartbeat = url
             .take_ms("heartbeat_ms")?
             .unwrap_or(Duration::from_secs(10));
@@ -126,7 +101,7 @@ impl Config {
             "dialect",
             "heartbeat_ms",
             "persistent",
-            QUEUE_TYPE,
+            queue_type::OPTION,
             tidings_plumbing::tls::CA_OPTION,
         ])?;
         Ok(Config {

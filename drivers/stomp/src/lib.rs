@@ -47,11 +47,12 @@ use tidings_core::{Error, ErrorKind, Result};
 
 pub use provider::StompProvider;
 
-use crate::config::{Config, QueueType};
+use crate::config::Config;
 use crate::dialect::DialectKind;
 use crate::link::Link;
 use crate::outbox::Outbox;
 use crate::wire::KeyedTopics;
+use tidings_plumbing::QueueType;
 
 /// Connects to the STOMP broker at `url`. Fails if the broker cannot be reached or refuses the
 /// login, or if its kind is unknown and the URL does not say `?dialect=`.

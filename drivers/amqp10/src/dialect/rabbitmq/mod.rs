@@ -27,12 +27,8 @@ use tidings_core::{Error, ErrorKind, Pattern, Result};
 
 use self::management::{segment, Management};
 use super::{Dialect, QueueSpec};
-use crate::config::{Config, QueueType};
-
-/// The delivery limit declared on quorum queues: out of reach, so RabbitMQ never drops or
-/// dead-letters a message on its own (RabbitMQ 4 sets a default of 20 otherwise; `-1`, which
-/// RabbitMQ 4 reads as "no limit", is not understood so by RabbitMQ 3).
-const DELIVERY_LIMIT: i32 = i32::MAX;
+use crate::config::Config;
+use tidings_plumbing::queue_type::{QueueType, DELIVERY_LIMIT};
 
 /// How long a positive "this key is routed" answer is trusted before asking again.
 const ROUTE_CACHE: Duration = Duration::from_secs(2);
@@ -100,19 +96,6 @@ impl RabbitMq {
             QueueType::Classic
         }
     }
-}
-
-/// The type of an existing queue, from the broker's refusal of a declaration of another type:
-/// `inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received the value 'quorum' of
-/// type 'longstr' but current is none` (no argument: classic).
-fn existing_type(refusal: &str) -> Option<String> {
-    let (_, about_type) = refusal.split_once("inequivalent arg 'x-queue-type'")?;
-    let (_, current) = about_type.split_once("but current is ")?;
-    if current.starts_with("none") {
-        return Some(QueueType::Classic.name().to_owned());
-    }
-    let value = current.split('\'').nth(1)?;
-    Some(value.to_owned())
 }
 
 #[async_trait]
@@ -187,15 +170,13 @@ impl Dialect for RabbitMq {
             .await?;
         if !(200..300).contains(&status) {
             let wanted = self.type_of(queue).name();
-            let hint = match existing_type(&text) {
-                Some(existing) => format!(
-                    "the queue already exists as a {existing} queue and this url declares \
-                     {wanted} queues: use ?queue-type={existing}, or move its messages and \
-                     delete it"
-                ),
-                None => "if it exists with other settings, delete it or use another group name"
-                    .to_owned(),
-            };
+            let hint = self
+                .type_of(queue)
+                .mismatch(&text, &queue.name)
+                .unwrap_or_else(|| {
+                    "if it exists with other settings, delete it or use another group name"
+                        .to_owned()
+                });
             return Err(Error::new(
                 ErrorKind::Subscribe,
                 format!(
@@ -324,14 +305,5 @@ mod tests {
         let one = dialect("amqp10://a,b/?management=http://m:1");
         one.use_node(&one.nodes[1].clone());
         assert_eq!(one.api.preferred(), "http://m:1");
-    }
-
-    #[test]
-    fn a_type_mismatch_names_the_existing_type() {
-        let classic = "{\"error\":\"bad_request\",\"reason\":\"inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received the value 'quorum' of type 'longstr' but current is none\"}";
-        assert_eq!(existing_type(classic).as_deref(), Some("classic"));
-        let quorum = "inequivalent arg 'x-queue-type' for queue 'q' in vhost '/': received none but current is the value 'quorum' of type 'longstr'";
-        assert_eq!(existing_type(quorum).as_deref(), Some("quorum"));
-        assert_eq!(existing_type("something else"), None);
     }
 }
