@@ -378,7 +378,7 @@ fn check_exchange(name: &str) -> Result<()> {
 }
 
 /// `host` as written in a URL or a socket address (`host:port`): an IPv6 address in brackets.
-/// [`BrokerUrl::host`] gives the host without them.
+/// [`Node::host`] gives the host without them.
 pub fn bracketed(host: &str) -> Cow<'_, str> {
     if host.contains(':') {
         Cow::Owned(format!("[{host}]"))

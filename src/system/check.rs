@@ -33,10 +33,10 @@ pub(super) fn check(
     let url = parsed.url.map(|url| {
         // Checked by the scheme only: a cluster's host list is not a URL the `url` crate takes,
         // and the driver checks the rest when it connects.
-        if !url
+        if url
             .get_ref()
             .split_once("://")
-            .is_some_and(|(scheme, _)| !scheme.is_empty())
+            .is_none_or(|(scheme, _)| scheme.is_empty())
         {
             checker.at(
                 &url.span(),
