@@ -21,7 +21,10 @@
 //! `--side plain|tidings` (one side only, for callgrind or perf), `--publish-only` (no consumer:
 //! the messages stay in the durable queue until it is deleted; measures the publish path),
 //! `--plain-metadata` (the plain messages carry what tidings adds on the wire: a tidings-style
-//! message id, the timestamp property and the `tidings-timestamp-ms` header), `--no-warmup`.
+//! message id, the timestamp property and the `tidings-timestamp-ms` header), `--no-warmup`,
+//! `--queue-type classic|quorum` (the durable queues of both sides), `--cluster` (the test
+//! cluster of scripts/cluster.sh, tidings on all three nodes' URL and plain lapin on the first
+//! node; the whole run on classic queues, then on quorum queues).
 
 #[path = "../../bench_support.rs"]
 mod bench_support;
@@ -48,9 +51,83 @@ const BODY: usize = 128;
 const WINDOW: usize = 256;
 const PREFETCH: u16 = 256;
 
+/// The test cluster's nodes (scripts/cluster.sh), for `--cluster`.
+const CLUSTER_URL: &str = "amqp://guest:guest@127.0.0.1:5682,127.0.0.1:5683,127.0.0.1:5684/%2f";
+
+/// The broker URL tidings connects to: `TIDINGS_AMQP091_URL`, else the test cluster's nodes with
+/// `--cluster`, else the local RabbitMQ. It may list several nodes.
 fn url() -> String {
-    std::env::var("TIDINGS_AMQP091_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    std::env::var("TIDINGS_AMQP091_URL").unwrap_or_else(|_| {
+        if flag("--cluster") {
+            CLUSTER_URL.to_owned()
+        } else {
+            "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned()
+        }
+    })
+}
+
+/// What plain lapin connects to: the first node of [`url`] (lapin takes one host).
+fn plain_url() -> String {
+    let url = url();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url;
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (login, hosts) = authority
+        .rsplit_once('@')
+        .map_or(("", authority), |(l, h)| (l, h));
+    let first = hosts.split(',').next().unwrap_or(hosts);
+    let at = if login.is_empty() { "" } else { "@" };
+    format!("{scheme}://{login}{at}{first}{tail}")
+}
+
+/// The queue type of the durable queues both sides use in the current part of the run: 0 the
+/// URL's default, 1 classic, 2 quorum.
+static QUEUE_TYPE: AtomicUsize = AtomicUsize::new(0);
+
+fn queue_type() -> Option<&'static str> {
+    match QUEUE_TYPE.load(Ordering::Relaxed) {
+        1 => Some("classic"),
+        2 => Some("quorum"),
+        _ => None,
+    }
+}
+
+/// tidings' URL for `exchange`, with the current queue type.
+fn tidings_url(exchange: &str) -> String {
+    match queue_type() {
+        Some(kind) => format!("{}?exchange={exchange}&queue-type={kind}", url()),
+        None => format!("{}?exchange={exchange}", url()),
+    }
+}
+
+/// Declares a durable queue for the plain side, of the current queue type: a quorum queue
+/// carries the same arguments tidings gives its own (and, like tidings on RabbitMQ 3, waits a
+/// moment before consuming from it: its replicas may still be starting).
+async fn declare_durable(channel: &lapin::Channel, queue: &str) {
+    let mut arguments = FieldTable::default();
+    if queue_type() == Some("quorum") {
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        arguments.insert("x-delivery-limit".into(), AMQPValue::LongInt(i32::MAX));
+    }
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    if queue_type() == Some("quorum") {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn arg(name: &str, default: usize) -> usize {
@@ -91,7 +168,7 @@ struct Throughput {
 async fn tidings_throughput(n: usize, how: Throughput) -> (f64, f64) {
     let exchange = format!("bench-tidings-{}", tag());
     let bus = Bus::new(
-        tidings_amqp091::connect(&format!("{}?exchange={exchange}", url()))
+        tidings_amqp091::connect(&tidings_url(&exchange))
             .await
             .expect("connect"),
     );
@@ -149,7 +226,7 @@ async fn tidings_throughput(n: usize, how: Throughput) -> (f64, f64) {
 async fn lapin_throughput(n: usize, how: Throughput) -> (f64, f64) {
     let exchange = format!("bench-lapin-{}", tag());
     let queue = format!("{exchange}.q");
-    let conn = Connection::connect(&url(), ConnectionProperties::default())
+    let conn = Connection::connect(&plain_url(), ConnectionProperties::default())
         .await
         .expect("connect");
     let publisher = conn.create_channel().await.unwrap();
@@ -162,17 +239,7 @@ async fn lapin_throughput(n: usize, how: Throughput) -> (f64, f64) {
         .basic_qos(PREFETCH, BasicQosOptions::default())
         .await
         .unwrap();
-    consumer_channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    declare_durable(&consumer_channel, &queue).await;
     declare_bound(&consumer_channel, &exchange, &queue, "bench.#").await;
     let reader = if how.consume {
         let mut consumer = consumer_channel
@@ -251,7 +318,7 @@ async fn tidings_rpc(calls: usize) -> (Vec<Duration>, f64) {
     let exchange = format!("bench-tidings-rpc-{}", tag());
     let connect = || async {
         Bus::new(
-            tidings_amqp091::connect(&format!("{}?exchange={exchange}", url()))
+            tidings_amqp091::connect(&tidings_url(&exchange))
                 .await
                 .expect("connect"),
         )
@@ -304,24 +371,25 @@ async fn lapin_rpc(calls: usize, plain: Plain) -> (Vec<Duration>, f64) {
     } else {
         String::new()
     };
-    let server_conn = Connection::connect(&url(), ConnectionProperties::default())
+    let server_conn = Connection::connect(&plain_url(), ConnectionProperties::default())
         .await
         .unwrap();
-    let client_conn = Connection::connect(&url(), ConnectionProperties::default())
+    let client_conn = Connection::connect(&plain_url(), ConnectionProperties::default())
         .await
         .unwrap();
     let server = server_conn.create_channel().await.unwrap();
-    server
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: guarded,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    if guarded {
+        declare_durable(&server, &queue).await;
+    } else {
+        server
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
     if guarded {
         declare_bound(&server, &exchange, &queue, "bench.echo").await;
     }
@@ -470,7 +538,7 @@ async fn declare_bound(channel: &lapin::Channel, exchange: &str, queue: &str, pa
 }
 
 async fn cleanup(exchange: &str, queues: &[String]) {
-    let Ok(conn) = Connection::connect(&url(), ConnectionProperties::default()).await else {
+    let Ok(conn) = Connection::connect(&plain_url(), ConnectionProperties::default()).await else {
         return;
     };
     if let Ok(channel) = conn.create_channel().await {
@@ -662,13 +730,28 @@ async fn run() {
             tidings_throughput(5_000, how).await;
         }
     }
-    if messages > 0 {
-        println!();
-        throughput_rounds(messages, rounds, sides, how).await;
-    }
-    if calls > 0 {
-        println!();
-        rpc_rounds(calls, rounds, sides).await;
+    // `--cluster`: the whole run on classic queues, then on quorum queues (both sides on the
+    // same type); `--queue-type T`: on that type; else the URL's default.
+    let types: Vec<usize> = match (flag("--cluster"), text_arg("--queue-type").as_deref()) {
+        (_, Some("classic")) => vec![1],
+        (_, Some("quorum")) => vec![2],
+        (_, Some(other)) => panic!("--queue-type {other}: classic or quorum"),
+        (true, None) => vec![1, 2],
+        (false, None) => vec![0],
+    };
+    for kind in types {
+        QUEUE_TYPE.store(kind, Ordering::Relaxed);
+        if let Some(kind) = queue_type() {
+            println!("\n=== durable queues: {kind} (both sides) ===");
+        }
+        if messages > 0 {
+            println!();
+            throughput_rounds(messages, rounds, sides, how).await;
+        }
+        if calls > 0 {
+            println!();
+            rpc_rounds(calls, rounds, sides).await;
+        }
     }
     println!("load average {}", bench_support::load_average());
 }
