@@ -167,38 +167,9 @@ mod rabbitmq {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use tidings_conformance::rabbitmq::Management;
+    use tidings_conformance::rabbitmq::Namespace;
 
     use super::stderr;
-
-    /// An exchange of this test's own, so parallel tests never meet. Dropped, it deletes the
-    /// exchange and the queues the session declared (`<exchange>.*`: durable groups and dead
-    /// letters outlive the processes). Declare it before the processes that use it, so they
-    /// are gone first.
-    struct Namespace {
-        exchange: String,
-        url: String,
-    }
-
-    impl Namespace {
-        fn new(test: &str) -> Self {
-            let base = std::env::var("TIDINGS_AMQP091_URL")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-            let exchange = format!("cli-{test}-{}", std::process::id());
-            let url = tidings::isolated_url(&base, &exchange).expect("url");
-            Self { exchange, url }
-        }
-    }
-
-    impl Drop for Namespace {
-        fn drop(&mut self) {
-            let deleted = Management::for_broker(&self.url)
-                .and_then(|api| api.delete_namespace(&self.exchange));
-            if let Err(e) = deleted {
-                eprintln!("cleanup of {}: {e}", self.exchange);
-            }
-        }
-    }
 
     fn run(url: &str, args: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_tidings"))
@@ -241,8 +212,8 @@ mod rabbitmq {
 
     #[test]
     fn serve_exec_answers_call_and_remote_errors_exit_1() {
-        let namespace = Namespace::new("serve");
-        let url = &namespace.url;
+        let namespace = Namespace::on_amqp091_broker("cli-serve");
+        let url = namespace.url();
         let _server = start(
             url,
             &[
@@ -266,8 +237,8 @@ mod rabbitmq {
 
     #[test]
     fn emit_is_seen_by_tail() {
-        let namespace = Namespace::new("tail");
-        let url = &namespace.url;
+        let namespace = Namespace::on_amqp091_broker("cli-tail");
+        let url = namespace.url();
         let tail = start(
             url,
             &["tail", "orders.#", "--count", "1", "--json"],
@@ -299,8 +270,8 @@ mod rabbitmq {
 
     #[test]
     fn dead_letter_then_replay_then_delivered() {
-        let namespace = Namespace::new("dead");
-        let url = &namespace.url;
+        let namespace = Namespace::on_amqp091_broker("cli-dead");
+        let url = namespace.url();
         {
             // A worker that always fails: the job is dead-lettered (serve tries once).
             let _worker = start(

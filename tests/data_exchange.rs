@@ -6,65 +6,19 @@
 //! stored again; SIGTERM stops everything cleanly.
 #![cfg(all(feature = "cli", feature = "amqp091", feature = "system"))]
 
+#[path = "support/example.rs"]
+mod example;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tidings_conformance::rabbitmq::Management;
+use tidings_conformance::rabbitmq::Namespace;
 
 const ITEMS: usize = 24;
-
-/// An exchange of this test's own, deleted with its queues when dropped.
-struct Namespace {
-    exchange: String,
-    url: String,
-}
-
-impl Namespace {
-    fn new() -> Self {
-        let base = std::env::var("TIDINGS_AMQP091_URL")
-            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-        let exchange = format!("dx-test-{}", std::process::id());
-        let url = tidings::isolated_url(&base, &exchange).expect("url");
-        Self { exchange, url }
-    }
-}
-
-impl Drop for Namespace {
-    fn drop(&mut self) {
-        let deleted =
-            Management::for_broker(&self.url).and_then(|api| api.delete_namespace(&self.exchange));
-        if let Err(e) = deleted {
-            eprintln!("cleanup of {}: {e}", self.exchange);
-        }
-    }
-}
-
-/// The example's binary, next to this test's (`cargo test` builds examples with the tests);
-/// built here when the test runs alone.
-fn example_binary() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let profile = deps.parent().unwrap().parent().unwrap();
-    let binary = profile.join("examples").join("data_exchange");
-    if !binary.exists() {
-        let built = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--example",
-                "data_exchange",
-                "--features",
-                "amqp091,system",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(built.success(), "cargo build --example data_exchange");
-    }
-    binary
-}
 
 fn tidings(url: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_tidings"))
@@ -120,18 +74,18 @@ fn lines_of(path: &Path) -> Vec<String> {
 
 #[test]
 fn the_data_exchange_system_fetches_persists_once_notifies_everyone_and_answers_stats() {
-    let ns = Namespace::new();
+    let ns = Namespace::on_amqp091_broker("dx-test");
     let data = std::env::temp_dir().join(format!("tidings-dx-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data-exchange/tidings.toml");
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
         .arg("--url")
-        .arg(&ns.url)
+        .arg(ns.url())
         .arg("up")
         .arg(&file)
         .args(["--drain-timeout", "10s"])
-        .env("DX_BIN", example_binary())
+        .env("DX_BIN", example::binary("data_exchange", &["system"]))
         .env("DX_DATA", &data)
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
@@ -154,7 +108,7 @@ fn the_data_exchange_system_fetches_persists_once_notifies_everyone_and_answers_
     up.wait_for("groups of", Duration::from_secs(30));
     let items: Vec<String> = (1..=ITEMS).map(|i| format!("page-{i}")).collect();
     let crawl = serde_json::json!({ "items": items }).to_string();
-    let out = tidings(&ns.url, &["emit", "dx.crawl", &crawl]);
+    let out = tidings(ns.url(), &["emit", "dx.crawl", &crawl]);
     assert!(
         out.status.success(),
         "{}",
@@ -200,7 +154,7 @@ fn the_data_exchange_system_fetches_persists_once_notifies_everyone_and_answers_
     // The stats service, as the web tier calls it.
     let deadline = Instant::now() + Duration::from_secs(30);
     let stats = loop {
-        let out = tidings(&ns.url, &["call", "dx.stats", "--timeout", "5s"]);
+        let out = tidings(ns.url(), &["call", "dx.stats", "--timeout", "5s"]);
         assert!(
             out.status.success(),
             "{}",
@@ -221,7 +175,7 @@ fn the_data_exchange_system_fetches_persists_once_notifies_everyone_and_answers_
 
     // Items crawled again come from the cache and are not stored twice.
     let again = serde_json::json!({ "items": ["page-1", "page-2"] }).to_string();
-    let out = tidings(&ns.url, &["emit", "dx.crawl", &again]);
+    let out = tidings(ns.url(), &["emit", "dx.crawl", &again]);
     assert!(
         out.status.success(),
         "{}",
@@ -229,7 +183,7 @@ fn the_data_exchange_system_fetches_persists_once_notifies_everyone_and_answers_
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = tidings(&ns.url, &["call", "dx.stats", "--timeout", "5s"]);
+        let out = tidings(ns.url(), &["call", "dx.stats", "--timeout", "5s"]);
         let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if stats["from_cache"].as_u64() >= Some(2) {
             assert_eq!(stats["persisted"], ITEMS, "{stats}");

@@ -5,33 +5,14 @@
 //! the job queued with a TTL while no worker ran expires.
 #![cfg(feature = "memory")]
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+#[path = "support/example.rs"]
+mod example;
 
-/// The example's binary, next to this test's, built (or found up to date) with this test's
-/// drivers: `cargo test --test files` alone does not build examples.
-fn example_binary() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let deps = std::env::current_exe().unwrap();
-    let profile = deps.parent().unwrap().parent().unwrap();
-    BUILT.call_once(|| {
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "--example", "files"]);
-        if cfg!(feature = "amqp091") {
-            build.args(["--features", "amqp091"]);
-        }
-        let built = build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(built.success(), "cargo build --example files");
-    });
-    profile.join("examples").join("files")
-}
+use std::process::{Command, Output};
 
 /// Runs the example on `url` and returns its summary, the last line of stdout.
 fn files(url: &str) -> (Output, serde_json::Value) {
-    let output = Command::new(example_binary())
+    let output = Command::new(example::binary("files", &[]))
         .arg(url)
         .env_remove("TIDINGS_URL")
         .output()
@@ -112,15 +93,7 @@ fn on_memory_the_file_service_answers_declines_fails_and_expires_as_told() {
 #[cfg(all(feature = "amqp091", feature = "cli"))]
 #[test]
 fn on_rabbitmq_the_file_service_answers_declines_fails_and_expires_as_told() {
-    use tidings_conformance::rabbitmq::Management;
-
-    let base = std::env::var("TIDINGS_AMQP091_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let exchange = format!("files-test-{}", std::process::id());
-    let url = tidings::isolated_url(&base, &exchange).expect("url");
-    let (output, summary) = files(&url);
-    if let Err(e) = Management::for_broker(&url).and_then(|api| api.delete_namespace(&exchange)) {
-        eprintln!("cleanup of {exchange}: {e}");
-    }
+    let ns = tidings_conformance::rabbitmq::Namespace::on_amqp091_broker("files-test");
+    let (output, summary) = files(ns.url());
     check(&output, &summary);
 }

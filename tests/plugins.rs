@@ -8,34 +8,15 @@
 //! the virtual environment with the tidings package that script makes.
 #![cfg(feature = "memory")]
 
-use std::path::PathBuf;
+#[path = "support/example.rs"]
+mod example;
+
 use std::process::{Command, Output};
 
 const EVENTS: u64 = 300;
 
-/// The example's binary, next to this test's (`cargo test` builds examples with the tests);
-/// built here when the test runs alone.
-fn example_binary() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let profile = deps.parent().unwrap().parent().unwrap();
-    let binary = profile.join("examples").join("plugins");
-    if !binary.exists() {
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "--example", "plugins"]);
-        if cfg!(feature = "amqp091") {
-            build.args(["--features", "amqp091"]);
-        }
-        let built = build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(built.success(), "cargo build --example plugins");
-    }
-    binary
-}
-
 fn plugins(url: &str, args: &[&str]) -> Output {
-    let output = Command::new(example_binary())
+    let output = Command::new(example::binary("plugins", &[]))
         .args(args)
         .env("TIDINGS_URL", url)
         .output()
@@ -100,16 +81,8 @@ fn on_memory_a_missing_plugin_fails_the_barrier_naming_it() {
 #[cfg(all(feature = "amqp091", feature = "cli"))]
 #[test]
 fn on_rabbitmq_a_missing_external_plugin_fails_the_barrier_naming_it() {
-    use tidings_conformance::rabbitmq::Management;
-
-    let base = std::env::var("TIDINGS_AMQP091_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let exchange = format!("plugins-test-{}", std::process::id());
-    let url = tidings::isolated_url(&base, &exchange).expect("url");
-    let output = plugins(&url, &["--skip", "search", "--timeout", "3"]);
-    if let Err(e) = Management::for_broker(&url).and_then(|api| api.delete_namespace(&exchange)) {
-        eprintln!("cleanup of {exchange}: {e}");
-    }
+    let ns = tidings_conformance::rabbitmq::Namespace::on_amqp091_broker("plugins-test");
+    let output = plugins(ns.url(), &["--skip", "search", "--timeout", "3"]);
     assert!(!output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(

@@ -116,40 +116,14 @@ async fn only_durable_groups_can_be_declared() {
 
 #[cfg(all(feature = "amqp091", feature = "cli"))]
 mod rabbitmq {
-    use tidings_conformance::rabbitmq::Management;
-
-    /// An exchange of this test's own, deleted with its queues when dropped.
-    struct Namespace {
-        exchange: String,
-        url: String,
-    }
-
-    impl Namespace {
-        fn new(test: &str) -> Self {
-            let base = std::env::var("TIDINGS_AMQP091_URL")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-            let exchange = format!("topo-{test}-{}", std::process::id());
-            let url = tidings::isolated_url(&base, &exchange).expect("url");
-            Self { exchange, url }
-        }
-    }
-
-    impl Drop for Namespace {
-        fn drop(&mut self) {
-            let deleted = Management::for_broker(&self.url)
-                .and_then(|api| api.delete_namespace(&self.exchange));
-            if let Err(e) = deleted {
-                eprintln!("cleanup of {}: {e}", self.exchange);
-            }
-        }
-    }
+    use tidings_conformance::rabbitmq::{Management, Namespace};
 
     #[tokio::test]
     async fn rabbitmq_keeps_what_is_sent_between_apply_and_start() {
-        let ns = Namespace::new("keep");
-        super::events_sent_before_the_component_starts_are_kept(&ns.url).await;
+        let ns = Namespace::on_amqp091_broker("topo-keep");
+        super::events_sent_before_the_component_starts_are_kept(ns.url()).await;
         // The dead-letter queues exist too, before anything was dead-lettered.
-        let url = ns.url.clone();
+        let url = ns.url().to_owned();
         let queues = tokio::task::spawn_blocking(move || Management::for_broker(&url)?.queues())
             .await
             .unwrap()
@@ -161,7 +135,7 @@ mod rabbitmq {
             "group.fetcher.1",
             "dead.fetcher.2",
         ] {
-            let queue = format!("{}.{suffix}", ns.exchange);
+            let queue = format!("{}.{suffix}", ns.exchange());
             assert!(names.contains(&queue.as_str()), "{queue} in {names:?}");
         }
     }

@@ -116,42 +116,16 @@ fn systemd_units_are_written_for_every_component() {
 
 #[cfg(feature = "amqp091")]
 mod rabbitmq {
-    use tidings_conformance::rabbitmq::Management;
+    use tidings_conformance::rabbitmq::{Management, Namespace};
 
     use super::*;
 
-    /// An exchange of this test's own, deleted with its queues when dropped.
-    struct Namespace {
-        exchange: String,
-        url: String,
-    }
-
-    impl Namespace {
-        fn new(test: &str) -> Self {
-            let base = std::env::var("TIDINGS_AMQP091_URL")
-                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-            let exchange = format!("topocli-{test}-{}", std::process::id());
-            let url = tidings::isolated_url(&base, &exchange).expect("url");
-            Self { exchange, url }
-        }
-    }
-
-    impl Drop for Namespace {
-        fn drop(&mut self) {
-            let deleted = Management::for_broker(&self.url)
-                .and_then(|api| api.delete_namespace(&self.exchange));
-            if let Err(e) = deleted {
-                eprintln!("cleanup of {}: {e}", self.exchange);
-            }
-        }
-    }
-
     #[test]
     fn check_finds_what_apply_declared_and_reports_drift() {
-        let ns = Namespace::new("drift");
-        let file = system_file("drift", &format!("url = {:?}\n{SYSTEM}", ns.url));
+        let ns = Namespace::on_amqp091_broker("topocli-drift");
+        let file = system_file("drift", &format!("url = {:?}\n{SYSTEM}", ns.url()));
         let file = path(&file);
-        let ex = &ns.exchange;
+        let ex = ns.exchange();
 
         // Nothing declared yet: every queue is missing.
         let out = tidings(&["topology", "check", file]);
@@ -187,7 +161,7 @@ mod rabbitmq {
         );
 
         // The broker drifts: a stray binding, a stray durable group, a deleted queue.
-        let api = Management::for_broker(&ns.url).unwrap();
+        let api = Management::for_broker(ns.url()).unwrap();
         api.bind_queue(ex, &format!("{ex}.group.fetch"), "old.#")
             .unwrap();
         api.declare_queue(&format!("{ex}.group.forgotten")).unwrap();

@@ -15,6 +15,8 @@
 //! api.delete_namespace("tc-1234")?; // the exchange `tc-1234` and every queue `tc-1234.*`
 //! # Ok::<(), String>(())
 //! ```
+//!
+//! A test that wants an exchange of its own, deleted when it ends, takes a [`Namespace`].
 
 use std::fmt;
 use std::time::Duration;
@@ -365,6 +367,87 @@ impl Management {
     }
 }
 
+/// An exchange of a test's own on RabbitMQ, deleted with its queues when dropped.
+///
+/// A test that runs a bus (or a `tidings` process) on [`url`](Self::url) declares everything
+/// under [`exchange`](Self::exchange), so it shares the broker with other tests and leaves
+/// nothing behind, even when it fails: on drop the exchange and every queue `<exchange>.*`
+/// are deleted through the management API of the broker URL given to [`new`](Self::new) (its
+/// `?management=` option included), as [`Management::delete_namespace`]. Blocking (dropping
+/// it sends HTTP requests); a failed deletion is printed on stderr, never a panic. Declare it
+/// before the buses and processes that use it: they are dropped (gone) first, and durable
+/// groups and dead letters, which outlive them, are deleted after.
+///
+/// ```no_run
+/// use tidings_conformance::rabbitmq::Namespace;
+///
+/// let ns = Namespace::new("amqp://guest:guest@127.0.0.1:5672/%2f", "cli-serve");
+/// assert!(ns.exchange().starts_with("cli-serve-"));
+/// assert!(ns.url().ends_with(&format!("?exchange={}", ns.exchange())));
+/// ```
+#[derive(Debug)]
+pub struct Namespace {
+    broker_url: String,
+    exchange: String,
+    url: String,
+}
+
+impl Namespace {
+    /// A fresh exchange `<prefix>-<unique tag>` ([`unique_tag`](crate::support::unique_tag))
+    /// on the RabbitMQ behind `broker_url`. `prefix` must be a routing-key word (no `.`, `*`,
+    /// `#` or spaces). Nothing is sent yet.
+    pub fn new(broker_url: &str, prefix: &str) -> Self {
+        let exchange = format!("{prefix}-{}", crate::support::unique_tag());
+        Self {
+            broker_url: broker_url.to_owned(),
+            url: with_exchange(broker_url, &exchange),
+            exchange,
+        }
+    }
+
+    /// [`new`](Self::new) on the RabbitMQ the AMQP 0.9.1 tests use: `TIDINGS_AMQP091_URL`, else
+    /// the local broker (`amqp://guest:guest@127.0.0.1:5672/%2f`).
+    pub fn on_amqp091_broker(prefix: &str) -> Self {
+        let broker = std::env::var("TIDINGS_AMQP091_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        Self::new(&broker, prefix)
+    }
+
+    /// The exchange's name: also the prefix of every queue declared on [`url`](Self::url).
+    pub fn exchange(&self) -> &str {
+        &self.exchange
+    }
+
+    /// The broker URL with `exchange=<exchange>` in its query, for the buses of the test.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let deleted = Management::for_broker(&self.broker_url)
+            .and_then(|api| api.delete_namespace(&self.exchange));
+        if let Err(e) = deleted {
+            eprintln!("cleanup of {}: {e}", self.exchange);
+        }
+    }
+}
+
+/// `broker_url` with `exchange=<exchange>` in its query, in place of any `exchange=` it had.
+/// Done on the string: a cluster URL's host list (`h1:5672,h2:5673`) is not a URL the `url`
+/// crate parses.
+fn with_exchange(broker_url: &str, exchange: &str) -> String {
+    let (base, query) = broker_url.split_once('?').unwrap_or((broker_url, ""));
+    let mut query: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !pair.starts_with("exchange="))
+        .collect();
+    let option = format!("exchange={exchange}");
+    query.push(&option);
+    format!("{base}?{}", query.join("&"))
+}
+
 /// The HTTP methods the client uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Method {
@@ -489,6 +572,46 @@ mod tests {
         assert_eq!(api.authorization, "Basic Z3Vlc3Q6Z3Vlc3Q=");
         let shown = format!("{api:?}");
         assert!(!shown.contains("Z3Vlc3Q"), "{shown}");
+    }
+
+    #[test]
+    fn a_namespace_url_adds_its_exchange_to_the_query() {
+        assert_eq!(
+            with_exchange("amqp://guest:guest@127.0.0.1:5672/%2f", "t-1"),
+            "amqp://guest:guest@127.0.0.1:5672/%2f?exchange=t-1"
+        );
+        assert_eq!(
+            with_exchange(
+                "amqp://u:p@127.0.0.1:5682,127.0.0.1:5683/%2f?management=http://127.0.0.1:15682",
+                "t-1"
+            ),
+            "amqp://u:p@127.0.0.1:5682,127.0.0.1:5683/%2f?management=http://127.0.0.1:15682&exchange=t-1"
+        );
+        assert_eq!(
+            with_exchange("amqp://h/v?exchange=old&heartbeat=10", "t-1"),
+            "amqp://h/v?heartbeat=10&exchange=t-1"
+        );
+        assert_eq!(
+            with_exchange("amqp://h/v?", "t-1"),
+            "amqp://h/v?exchange=t-1"
+        );
+
+        // A management API where nothing listens: dropping the namespaces prints, never panics.
+        let broker = "amqp://127.0.0.1/v?management=http://127.0.0.1:1";
+        let ns = Namespace::new(broker, "cli-serve");
+        let tag = ns
+            .exchange()
+            .strip_prefix("cli-serve-")
+            .expect("the prefix");
+        assert!(
+            !tag.is_empty() && !tag.contains(['.', '*', '#', ' ']),
+            "{tag}"
+        );
+        assert_eq!(ns.url(), format!("{broker}&exchange={}", ns.exchange()));
+        assert_ne!(
+            Namespace::new(broker, "p").exchange(),
+            Namespace::new(broker, "p").exchange()
+        );
     }
 
     #[test]

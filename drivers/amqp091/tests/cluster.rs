@@ -12,18 +12,21 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tidings_conformance::cluster::{self, Node};
-use tidings_conformance::rabbitmq::Management;
+use tidings_conformance::rabbitmq::{Management, Namespace};
 use tidings_core::driver::Status;
 use tidings_core::{Bus, ErrorKind};
 
 /// Serialises the tests: they take the cluster's nodes down.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn exchange(test: &str) -> String {
-    format!(
-        "cluster-{test}-{}",
-        tidings_conformance::support::unique_tag()
-    )
+/// An exchange of the test's own, deleted with its queues (through the first node's management
+/// API) when the test ends: declared before `cluster::RestartOnDrop`, after the nodes are back.
+fn namespace(test: &str) -> Namespace {
+    let broker = format!(
+        "amqp://guest:guest@127.0.0.1:5682/%2f?management={}",
+        cluster::NODES[0].management()
+    );
+    Namespace::new(&broker, &format!("cluster-{test}"))
 }
 
 fn cluster_url(exchange: &str) -> String {
@@ -68,26 +71,6 @@ async fn connect_avoiding(exchange: &str, not: Option<Node>) -> (Bus, Node) {
         bus.shutdown().await.ok();
     }
     panic!("30 connections all landed on {not:?}: the node order is not shuffled");
-}
-
-/// Deletes the exchange and its queues when the test ends, after the nodes are back.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let exchange = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            let url = format!(
-                "amqp://guest:guest@127.0.0.1:5682/%2f?management={}",
-                cluster::NODES[0].management()
-            );
-            if let Err(e) = Management::for_broker(&url).and_then(|m| m.delete_namespace(&exchange))
-            {
-                eprintln!("cleanup of {exchange}: {e}");
-            }
-        })
-        .join();
-    }
 }
 
 /// Runs a blocking cluster command (kill, stop, start) off the runtime's threads.
@@ -215,8 +198,8 @@ async fn killing_the_consumers_node_then_the_publishers_loses_nothing() {
     let _cluster = tokio::task::spawn_blocking(cluster::exclusive)
         .await
         .expect("the test cluster");
-    let exchange = exchange("node-loss");
-    let _cleanup = Cleanup(exchange.clone());
+    let namespace = namespace("node-loss");
+    let exchange = namespace.exchange().to_owned();
     let _restart = cluster::RestartOnDrop;
 
     let (consumer, consumer_node) = connect_avoiding(&exchange, None).await;
@@ -303,8 +286,8 @@ async fn calls_across_a_node_loss_end_in_time_and_work_after() {
     let _cluster = tokio::task::spawn_blocking(cluster::exclusive)
         .await
         .expect("the test cluster");
-    let exchange = exchange("rpc-loss");
-    let _cleanup = Cleanup(exchange.clone());
+    let namespace = namespace("rpc-loss");
+    let exchange = namespace.exchange().to_owned();
     let _restart = cluster::RestartOnDrop;
 
     let (server, server_node) = connect_avoiding(&exchange, None).await;
@@ -425,8 +408,8 @@ async fn a_rolling_restart_of_every_node_loses_nothing() {
     let _cluster = tokio::task::spawn_blocking(cluster::exclusive)
         .await
         .expect("the test cluster");
-    let exchange = exchange("rolling");
-    let _cleanup = Cleanup(exchange.clone());
+    let namespace = namespace("rolling");
+    let exchange = namespace.exchange().to_owned();
     let _restart = cluster::RestartOnDrop;
 
     let (consumer, _) = connect_avoiding(&exchange, None).await;
@@ -507,8 +490,8 @@ async fn quorum_groups_keep_tidings_attempts_and_refuse_another_queue_type() {
     tokio::task::spawn_blocking(cluster::require)
         .await
         .expect("the test cluster");
-    let exchange = exchange("attempts");
-    let _cleanup = Cleanup(exchange.clone());
+    let namespace = namespace("attempts");
+    let exchange = namespace.exchange().to_owned();
     let bus = Bus::new(
         tidings_amqp091::connect(&cluster_url(&exchange))
             .await

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tidings_conformance::cluster::{self, Node};
+use tidings_conformance::rabbitmq::Namespace;
 use tidings_core::driver::Status;
 use tidings_core::Bus;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -34,26 +35,10 @@ async fn bus(exchange: &str) -> Bus {
     )
 }
 
-fn exchange(test: &str) -> String {
-    format!(
-        "fault-{test}-{}",
-        tidings_conformance::support::unique_tag()
-    )
-}
-
-/// Deletes the exchange and its queues when the test ends, even when it fails.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let exchange = self.0.clone();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Runtime::new()
-                .expect("runtime")
-                .block_on(support::cleanup(&exchange));
-        })
-        .join();
-    }
+/// An exchange of the test's own on the shared broker, deleted with its queues when the test
+/// ends, even when it fails.
+fn namespace(test: &str) -> Namespace {
+    Namespace::new(&support::broker_url(), &format!("fault-{test}"))
 }
 
 /// The test cluster's node that the restart tests stop and kill (`scripts/cluster.sh`).
@@ -67,22 +52,15 @@ fn cluster_node_url() -> String {
     )
 }
 
-/// Deletes the exchange and its queues on the cluster node when the test ends.
-struct ClusterCleanup(String);
-
-impl Drop for ClusterCleanup {
-    fn drop(&mut self) {
-        let broker = format!(
-            "{}?management={}",
-            cluster_node_url(),
-            CLUSTER_NODE.management()
-        );
-        let outcome = tidings_conformance::rabbitmq::Management::for_broker(&broker)
-            .and_then(|m| m.delete_namespace(&self.0));
-        if let Err(e) = outcome {
-            eprintln!("cleanup of {} on {}: {e}", self.0, CLUSTER_NODE.name());
-        }
-    }
+/// An exchange of the test's own on the cluster node, deleted with its queues (through the
+/// node's management API) when the test ends.
+fn cluster_namespace(test: &str) -> Namespace {
+    let broker = format!(
+        "{}?management={}",
+        cluster_node_url(),
+        CLUSTER_NODE.management()
+    );
+    Namespace::new(&broker, &format!("fault-{test}"))
 }
 
 fn rabbitmqctl(args: &[&str]) -> String {
@@ -140,8 +118,8 @@ async fn wait_line(mut lines: Lines, prefix: &str) -> (String, Lines) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_consumer_hands_its_unacked_messages_to_another_worker() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let exchange = exchange("kill9");
-    let _cleanup = Cleanup(exchange.clone());
+    let namespace = namespace("kill9");
+    let exchange = namespace.exchange().to_owned();
     let group = format!("{exchange}-workers");
 
     let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
@@ -238,8 +216,8 @@ fn close_connections_of(exchange: &str) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_closing_connections_mid_flow_loses_nothing() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let exchange = exchange("closeall");
-    let _cleanup = Cleanup(exchange.clone());
+    let namespace = namespace("closeall");
+    let exchange = namespace.exchange().to_owned();
     let group = format!("{exchange}-g");
     const TOTAL: u32 = 10_000;
 
@@ -331,8 +309,8 @@ async fn broker_closing_connections_mid_flow_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_work_again_after_the_broker_closes_the_connections() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let exchange = exchange("rpcclose");
-    let _cleanup = Cleanup(exchange.clone());
+    let namespace = namespace("rpcclose");
+    let exchange = namespace.exchange().to_owned();
     let server = bus(&exchange).await;
     let client = bus(&exchange).await;
     let _serving = server
@@ -387,8 +365,8 @@ async fn calls_work_again_after_the_broker_closes_the_connections() {
 #[tokio::test]
 async fn a_second_bus_on_one_connection_calls_through_its_inbox() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let exchange = exchange("oneinbox");
-    let _cleanup = Cleanup(exchange.clone());
+    let namespace = namespace("oneinbox");
+    let exchange = namespace.exchange().to_owned();
     let provider = tidings_amqp091::connect(&support::url_with(&format!("exchange={exchange}")))
         .await
         .expect("broker reachable");
@@ -451,8 +429,8 @@ async fn durable_group_survives(outage: Outage) {
         .await
         .expect("the test cluster");
     let node = CLUSTER_NODE.name();
-    let exchange = exchange(&format!("{outage:?}").to_lowercase());
-    let _cleanup = ClusterCleanup(exchange.clone());
+    let namespace = cluster_namespace(&format!("{outage:?}").to_lowercase());
+    let exchange = namespace.exchange().to_owned();
     let group = format!("{exchange}-g");
     const TOTAL: u32 = 1_000;
 
