@@ -154,3 +154,16 @@ pub(crate) fn load_average() -> String {
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|| "?".to_owned())
 }
+
+/// Runs `work`, failing the bench if it takes longer than `limit`: a broker that stops
+/// answering (a connection it dropped without a word) would otherwise hang it for good.
+pub(crate) async fn within<T>(
+    what: &str,
+    limit: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    match tokio::time::timeout(limit, work).await {
+        Ok(done) => done,
+        Err(_) => panic!("{what} did not finish within {limit:?}: is the broker answering?"),
+    }
+}

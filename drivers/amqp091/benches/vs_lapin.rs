@@ -33,15 +33,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench_support::{order, p50_p99_ms, process_cpu, Phase, Series};
+use bench_support::{order, p50_p99_ms, process_cpu, within, Phase, Series};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use tidings_conformance::rabbitmq::Management;
 use tidings_core::driver::PublishOptions;
 use tidings_core::envelope::{new_id, now_ms};
 use tidings_core::{Bus, Bytes, Envelope};
@@ -155,6 +155,15 @@ fn tag() -> String {
     tidings_conformance::support::unique_tag()
 }
 
+/// What every exchange and queue of this run is named after: `bench-<run>-`.
+fn run_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| format!("bench-{}", tag()))
+}
+
+/// How long one side of one round may take before the bench gives up on the broker.
+const LIMIT: Duration = Duration::from_secs(600);
+
 /// What a throughput run does besides publishing.
 #[derive(Clone, Copy)]
 struct Throughput {
@@ -166,7 +175,7 @@ struct Throughput {
 
 /// Messages per second and client CPU µs per message through tidings.
 async fn tidings_throughput(n: usize, how: Throughput) -> (f64, f64) {
-    let exchange = format!("bench-tidings-{}", tag());
+    let exchange = format!("{}-tidings-{}", run_prefix(), tag());
     let bus = Bus::new(
         tidings_amqp091::connect(&tidings_url(&exchange))
             .await
@@ -217,14 +226,14 @@ async fn tidings_throughput(n: usize, how: Throughput) -> (f64, f64) {
         sub.unsubscribe().await;
     }
     bus.shutdown().await.ok();
-    cleanup(&exchange, &[format!("{exchange}.group.{group}")]).await;
+    cleanup(&exchange).await;
     measured
 }
 
 /// Messages per second and client CPU µs per message through plain lapin doing the same: its
 /// publishes pipelined (256 confirms in flight), like tidings'.
 async fn lapin_throughput(n: usize, how: Throughput) -> (f64, f64) {
-    let exchange = format!("bench-lapin-{}", tag());
+    let exchange = format!("{}-lapin-{}", run_prefix(), tag());
     let queue = format!("{exchange}.q");
     let conn = Connection::connect(&plain_url(), ConnectionProperties::default())
         .await
@@ -309,13 +318,13 @@ async fn lapin_throughput(n: usize, how: Throughput) -> (f64, f64) {
     }
     let measured = phase.per_item(n);
     let _ = conn.close(200, "bench".into()).await;
-    cleanup(&exchange, &[queue]).await;
+    cleanup(&exchange).await;
     measured
 }
 
 /// Sequential call latencies through tidings, and client CPU µs per call.
 async fn tidings_rpc(calls: usize) -> (Vec<Duration>, f64) {
-    let exchange = format!("bench-tidings-rpc-{}", tag());
+    let exchange = format!("{}-tidings-rpc-{}", run_prefix(), tag());
     let connect = || async {
         Bus::new(
             tidings_amqp091::connect(&tidings_url(&exchange))
@@ -346,7 +355,7 @@ async fn tidings_rpc(calls: usize) -> (Vec<Duration>, f64) {
     serving.unsubscribe().await;
     client.shutdown().await.ok();
     server.shutdown().await.ok();
-    cleanup(&exchange, &[format!("{exchange}.group.bench.echo")]).await;
+    cleanup(&exchange).await;
     (latencies, cpu)
 }
 
@@ -365,12 +374,10 @@ enum Plain {
 /// call.
 async fn lapin_rpc(calls: usize, plain: Plain) -> (Vec<Duration>, f64) {
     let guarded = plain == Plain::Guarded;
-    let queue = format!("bench-lapin-rpc-{}", tag());
-    let exchange = if guarded {
-        format!("bench-lapin-rpc-{}", tag())
-    } else {
-        String::new()
-    };
+    // The bare program declares no exchange; its queue is named after one all the same, so
+    // that cleaning up is the same for both.
+    let exchange = format!("{}-lapin-rpc-{}", run_prefix(), tag());
+    let queue = format!("{exchange}.q");
     let server_conn = Connection::connect(&plain_url(), ConnectionProperties::default())
         .await
         .unwrap();
@@ -507,7 +514,7 @@ async fn lapin_rpc(calls: usize, plain: Plain) -> (Vec<Duration>, f64) {
     serving.abort();
     let _ = client_conn.close(200, "bench".into()).await;
     let _ = server_conn.close(200, "bench".into()).await;
-    cleanup(&exchange, &[queue]).await;
+    cleanup(&exchange).await;
     (latencies, cpu)
 }
 
@@ -537,23 +544,33 @@ async fn declare_bound(channel: &lapin::Channel, exchange: &str, queue: &str, pa
         .unwrap();
 }
 
-async fn cleanup(exchange: &str, queues: &[String]) {
-    let Ok(conn) = Connection::connect(&plain_url(), ConnectionProperties::default()).await else {
-        return;
-    };
-    if let Ok(channel) = conn.create_channel().await {
-        for q in queues {
-            let _ = channel
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                .await;
-        }
-        if !exchange.is_empty() {
-            let _ = channel
-                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-                .await;
-        }
+/// Deletes the exchange `exchange` and every queue `<exchange>.*` through the management API;
+/// what cannot be deleted is reported (and looked for again at the end of the run).
+async fn cleanup(exchange: &str) {
+    let exchange = exchange.to_owned();
+    let deleted = tokio::task::spawn_blocking(move || {
+        Management::for_broker(&url()).and_then(|api| api.delete_namespace(&exchange))
+    })
+    .await
+    .expect("cleanup task");
+    if let Err(e) = deleted {
+        eprintln!("cleanup: {e}");
     }
-    let _ = conn.close(200, "cleanup".into()).await;
+}
+
+/// Looks for queues of this run left on the broker, deletes them and says so.
+async fn check_left_over() {
+    let found = tokio::task::spawn_blocking(|| {
+        Management::for_broker(&url())
+            .and_then(|api| api.delete_queues_with_prefix(&format!("{}-", run_prefix()), false))
+    })
+    .await
+    .expect("cleanup task");
+    match found {
+        Ok(left) if left.is_empty() => println!("left on the broker: nothing"),
+        Ok(left) => println!("left on the broker, now deleted: {left:?}"),
+        Err(e) => println!("could not check what is left on the broker: {e}"),
+    }
 }
 
 /// Which sides run.
@@ -587,12 +604,22 @@ async fn throughput_rounds(messages: usize, rounds: usize, sides: Sides, how: Th
         let (mut p, mut t) = (None, None);
         for side in order(round, 2) {
             if side == 0 && sides.plain {
-                let r = lapin_throughput(messages, how).await;
+                let r = within(
+                    "a plain throughput run",
+                    LIMIT,
+                    lapin_throughput(messages, how),
+                )
+                .await;
                 line += &format!("  plain lapin {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
                 p = Some(r);
             }
             if side == 1 && sides.tidings {
-                let r = tidings_throughput(messages, how).await;
+                let r = within(
+                    "a tidings throughput run",
+                    LIMIT,
+                    tidings_throughput(messages, how),
+                )
+                .await;
                 line += &format!("  tidings {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
                 t = Some(r);
             }
@@ -655,9 +682,13 @@ async fn rpc_rounds(calls: usize, rounds: usize, sides: Sides) {
         let mut got = [None; 3];
         for side in order(round, 3) {
             let run = match side {
-                0 if sides.plain => lapin_rpc(calls, Plain::Bare).await,
-                1 if sides.plain => lapin_rpc(calls, Plain::Guarded).await,
-                2 if sides.tidings => tidings_rpc(calls).await,
+                0 if sides.plain => {
+                    within("a bare RPC run", LIMIT, lapin_rpc(calls, Plain::Bare)).await
+                }
+                1 if sides.plain => {
+                    within("a guarded RPC run", LIMIT, lapin_rpc(calls, Plain::Guarded)).await
+                }
+                2 if sides.tidings => within("a tidings RPC run", LIMIT, tidings_rpc(calls)).await,
                 _ => continue,
             };
             let (a, b) = p50_p99_ms(run.0);
@@ -753,6 +784,7 @@ async fn run() {
             rpc_rounds(calls, rounds, sides).await;
         }
     }
+    check_left_over().await;
     println!("load average {}", bench_support::load_average());
 }
 

@@ -32,7 +32,7 @@ mod bench_support;
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
-use bench_support::{order, p50_p99_ms, process_cpu, Phase, Series};
+use bench_support::{order, p50_p99_ms, process_cpu, within, Phase, Series};
 use fe2o3_amqp::link::delivery::DeliveryFut;
 use fe2o3_amqp::link::{CreditMode, SendError};
 use fe2o3_amqp::types::definitions::SenderSettleMode;
@@ -49,6 +49,8 @@ const WINDOW: usize = 500;
 const WARM_UP: usize = 100;
 /// A call's deadline: tidings' default call timeout, which travels as the request's TTL.
 const DEADLINE: Duration = tidings_core::rpc::DEFAULT_CALL_TIMEOUT;
+/// How long one side of one round may take before the bench gives up on the broker.
+const LIMIT: Duration = Duration::from_secs(600);
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -565,12 +567,22 @@ async fn throughput_rounds(id: &str, rounds: usize, side: &str) {
         let (mut p, mut t) = (None, None);
         for s in order(round, 2) {
             if s == 0 && side != "tidings" {
-                let r = plain_throughput(&format!("bench-p{round}-{id}")).await;
+                let r = within(
+                    "a plain throughput run",
+                    LIMIT,
+                    plain_throughput(&format!("bench-{id}-p{round}")),
+                )
+                .await;
                 line += &format!("  plain fe2o3 {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
                 p = Some(r);
             }
             if s == 1 && side != "plain" {
-                let r = tidings_throughput(&format!("bench-t{round}-{id}")).await;
+                let r = within(
+                    "a tidings throughput run",
+                    LIMIT,
+                    tidings_throughput(&format!("bench-{id}-t{round}")),
+                )
+                .await;
                 line += &format!("  tidings {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
                 t = Some(r);
             }
@@ -625,13 +637,18 @@ async fn rpc_rounds(id: &str, rounds: usize, side: &str) {
         for s in order(round, 3) {
             let run = match s {
                 0 if side != "tidings" => {
-                    plain_rpc(&format!("bench-rb{round}-{id}"), calls(), Plain::Bare).await
+                    let exchange = format!("bench-{id}-rb{round}");
+                    let run = plain_rpc(&exchange, calls(), Plain::Bare);
+                    within("a bare RPC run", LIMIT, run).await
                 }
                 1 if side != "tidings" => {
-                    plain_rpc(&format!("bench-rs{round}-{id}"), calls(), Plain::Same).await
+                    let exchange = format!("bench-{id}-rs{round}");
+                    let run = plain_rpc(&exchange, calls(), Plain::Same);
+                    within("a same-promises RPC run", LIMIT, run).await
                 }
                 2 if side != "plain" => {
-                    tidings_rpc(&format!("bench-rt{round}-{id}"), calls()).await
+                    let exchange = format!("bench-{id}-rt{round}");
+                    within("a tidings RPC run", LIMIT, tidings_rpc(&exchange, calls())).await
                 }
                 _ => continue,
             };
@@ -694,6 +711,14 @@ async fn run() {
     if calls() > 0 {
         println!();
         rpc_rounds(&id, rounds, &side).await;
+    }
+    // What a run declared is deleted after it; anything left (a run that failed) goes now.
+    let prefix = format!("bench-{id}-");
+    let left = blocking(move || management().delete_queues_with_prefix(&prefix, false)).await;
+    match left {
+        Ok(left) if left.is_empty() => println!("left on the broker: nothing"),
+        Ok(left) => println!("left on the broker, now deleted: {left:?}"),
+        Err(e) => println!("could not check what is left on the broker: {e}"),
     }
     println!("load average {}", bench_support::load_average());
 }

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use async_stomp::client::{Connector, Subscriber};
 use async_stomp::{AckMode, FromServer, Message, ToServer};
-use bench_support::{order, Phase, Series};
+use bench_support::{order, within, Phase, Series};
 use common::Broker;
 use futures::{FutureExt, SinkExt, StreamExt};
 use tidings_conformance::support::Note;
@@ -51,6 +51,9 @@ const WINDOW: usize = 100;
 
 /// A call's deadline: tidings' default call timeout.
 const DEADLINE: Duration = tidings_core::rpc::DEFAULT_CALL_TIMEOUT;
+
+/// How long one part of one round may take before the bench gives up on the broker.
+const LIMIT: Duration = Duration::from_secs(600);
 
 /// Warm-up calls of every RPC program per round.
 const WARM_UP: usize = 20;
@@ -598,12 +601,22 @@ async fn bench(broker: Broker, n: usize, calls: usize, rounds: usize, only: &str
                 break;
             }
             if side == 0 && run_plain {
-                let r = plain_throughput(broker, &ns, n).await;
+                let r = within(
+                    "a plain throughput run",
+                    LIMIT,
+                    plain_throughput(broker, &ns, n),
+                )
+                .await;
                 line += &format!("  async-stomp {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
                 p = Some(r);
             }
             if side == 1 && run_tidings {
-                let r = tidings_throughput(broker, &ns, n).await;
+                let r = within(
+                    "a tidings throughput run",
+                    LIMIT,
+                    tidings_throughput(broker, &ns, n),
+                )
+                .await;
                 line += &format!("  tidings {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
                 t = Some(r);
             }
