@@ -151,28 +151,44 @@ impl PublishOptions {
 /// inbox.stamp(&mut request, "memory").unwrap();
 /// assert_eq!(request.reply_to.as_deref(), Some("inbox.1"));
 /// assert!(inbox.set("inbox.2".into(), "memory").is_err()); // one per connection
+/// inbox.renew("inbox.1-2".into()); // made anew on the next connection
+/// inbox.stamp(&mut request, "memory").unwrap();
+/// assert_eq!(request.reply_to.as_deref(), Some("inbox.1-2"));
 /// ```
 #[derive(Debug, Default)]
-pub struct InboxAddress(std::sync::OnceLock<String>);
+pub struct InboxAddress(std::sync::RwLock<Option<String>>);
 
 impl InboxAddress {
     /// Records the inbox's address; fails if this connection's inbox is already open (the
     /// bus opens it once per connection). `scheme` names the driver in the error.
     pub fn set(&self, address: String, scheme: &str) -> Result<()> {
-        self.0.set(address).map_err(|_| {
-            Error::new(
+        let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
+        if current.is_some() {
+            return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
                     "this {scheme}:// connection's reply inbox is already open; the bus opens it \
                      once per connection"
                 ),
-            )
-        })
+            ));
+        }
+        *current = Some(address);
+        Ok(())
+    }
+
+    /// The open inbox now takes replies at `address`: for a driver that makes its inbox anew,
+    /// under a new name, on each new connection (the old one's queue may have lived on a node
+    /// that is gone, and the broker may take long to forget it). Requests stamped from now on
+    /// carry the new address; replies to the old one are lost, as replies in flight are when a
+    /// connection drops.
+    pub fn renew(&self, address: String) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(address);
     }
 
     /// Sets `envelope.reply_to` to the inbox's address; fails if the inbox is not open yet.
     pub fn stamp(&self, envelope: &mut Envelope, scheme: &str) -> Result<()> {
-        let address = self.0.get().ok_or_else(|| {
+        let current = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let address = current.as_ref().ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,
                 format!(

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch, OnceCell};
 
 use crate::consumer::{StompConsumer, SubContext};
 use crate::dialect::{check_address, DialectKind, Plan};
-use crate::link::SubEntry;
+use crate::link::{Renew, SubEntry};
 use crate::outbox::Outbox;
 use crate::wire::KeyedTopics;
 
@@ -38,8 +38,8 @@ pub struct StompProvider {
     /// Those replies go one at a time.
     foreign_turn: tokio::sync::Mutex<()>,
     /// The destination of this connection's reply inbox once open: what its requests carry as
-    /// `reply-to`.
-    inbox: InboxAddress,
+    /// `reply-to`. The inbox is a queue of its own on each connection (see [`Renew`]).
+    inbox: Arc<InboxAddress>,
     /// Where the bus keeps the inbox.
     replies: ReplySlot,
 }
@@ -66,7 +66,7 @@ impl StompProvider {
             closed: AtomicBool::new(false),
             foreign: OnceCell::new(),
             foreign_turn: tokio::sync::Mutex::new(()),
-            inbox: InboxAddress::default(),
+            inbox: Arc::default(),
             replies: ReplySlot::default(),
         }
     }
@@ -138,15 +138,15 @@ impl StompProvider {
     }
 
     /// Subscribes along `plan` and wraps the result as a consumer.
-    async fn consume(
-        &self,
-        plan: Plan,
-        filter: Option<Pattern>,
-        prefetch: Option<u16>,
-        acks: bool,
-        dead_letters: String,
-        from: String,
-    ) -> Result<Box<dyn Consumer>> {
+    async fn consume(&self, plan: Plan, taking: Taking) -> Result<Box<dyn Consumer>> {
+        let Taking {
+            filter,
+            prefetch,
+            acks,
+            dead_letters,
+            from,
+            renew,
+        } = taking;
         self.check_open()?;
         let id = self.unique();
         let mut headers = plan.headers;
@@ -167,6 +167,8 @@ impl StompProvider {
                 AckMode::Auto
             },
             deliver,
+            renew,
+            made: false,
         };
         let ctx = Arc::new(SubContext {
             id: id.clone(),
@@ -195,6 +197,21 @@ impl StompProvider {
             batch: Default::default(),
         }))
     }
+}
+
+/// What one subscription takes beside its [`Plan`].
+struct Taking {
+    /// The tidings pattern, for a plan that filters deliveries by it.
+    filter: Option<Pattern>,
+    prefetch: Option<u16>,
+    /// Whether deliveries are acknowledged (not for the inbox: `auto` mode).
+    acks: bool,
+    /// Where its dead letters go.
+    dead_letters: String,
+    /// What dead letters name as the subscription they came from.
+    from: String,
+    /// The destination anew on each connection (the inbox).
+    renew: Option<Renew>,
 }
 
 #[async_trait]
@@ -245,26 +262,39 @@ impl Provider for StompProvider {
             .dialect()
             .dead_letters(ns, &spec.dead_letter_queue)
             .destination;
-        self.consume(
-            plan,
-            Some(spec.pattern),
-            Some(spec.prefetch),
-            true,
+        let taking = Taking {
+            filter: Some(spec.pattern),
+            prefetch: Some(spec.prefetch),
+            acks: true,
             dead_letters,
             from,
-        )
-        .await
+            renew: None,
+        };
+        self.consume(plan, taking).await
     }
 
     async fn open_inbox(&self) -> Result<Inbox> {
-        let (plan, address) = self.dialect().inbox(&self.outbox.namespace, &self.unique());
-        let dead_letters = self
-            .dialect()
-            .dead_letters(&self.outbox.namespace, "inbox")
-            .destination;
-        let consumer = self
-            .consume(plan, None, None, false, dead_letters, address.clone())
-            .await?;
+        let namespace = &self.outbox.namespace;
+        let unique = self.unique();
+        let (plan, address) = self.dialect().inbox(namespace, &unique);
+        let renew = {
+            let (dialect, namespace) = (self.kind.dialect(false), namespace.clone());
+            let inbox = self.inbox.clone();
+            Renew(Box::new(move |generation| {
+                let (plan, address) = dialect.inbox(&namespace, &format!("{unique}-{generation}"));
+                inbox.renew(address);
+                plan.destination
+            }))
+        };
+        let taking = Taking {
+            filter: None,
+            prefetch: None,
+            acks: false,
+            dead_letters: self.dialect().dead_letters(namespace, "inbox").destination,
+            from: address.clone(),
+            renew: Some(renew),
+        };
+        let consumer = self.consume(plan, taking).await?;
         if let Err(e) = self.inbox.set(address.clone(), "stomp") {
             let _ = consumer.cancel().await;
             return Err(e);
@@ -298,9 +328,15 @@ impl Provider for StompProvider {
 
     async fn dead_letters(&self, name: &str) -> Result<Box<dyn Consumer>> {
         let plan = self.dialect().dead_letters(&self.outbox.namespace, name);
-        let destination = plan.destination.clone();
-        self.consume(plan, None, Some(64), true, destination, name.to_owned())
-            .await
+        let taking = Taking {
+            filter: None,
+            prefetch: Some(64),
+            acks: true,
+            dead_letters: plan.destination.clone(),
+            from: name.to_owned(),
+            renew: None,
+        };
+        self.consume(plan, taking).await
     }
 
     fn status(&self) -> watch::Receiver<Status> {

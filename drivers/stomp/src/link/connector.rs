@@ -82,7 +82,7 @@ async fn keep(shared: &Shared, session: Session, generation: u64) -> Ended {
         let first = {
             let mut subs = lock(&shared.subs);
             let mut receipts = lock(&shared.receipts);
-            subs.resubscribe(&mut receipts)
+            subs.resubscribe(&mut receipts, generation)
         };
         out.attach(writer, generation, first);
     }
@@ -150,6 +150,8 @@ mod tests {
                 headers: vec![("x-queue-name".into(), "ns.group.g".into())],
                 ack: AckMode::ClientIndividual,
                 deliver,
+                renew: None,
+                made: false,
             },
         );
         // Queued while no connection was up.

@@ -38,7 +38,7 @@ use connector::StompConnector;
 use queue::{Left, WriteQueue};
 use receipts::{Failure, ReceiptTx, Receipts, Waiter};
 use subscriptions::Subscriptions;
-pub(crate) use subscriptions::{Incoming, SubEntry};
+pub(crate) use subscriptions::{Incoming, Renew, SubEntry};
 
 /// How long opening a connection to one node may take, all steps together (TCP, TLS,
 /// CONNECTED: each bounded on its own too) before the next node is tried.
@@ -323,7 +323,7 @@ impl Link {
     pub(crate) async fn subscribe(
         &self,
         id: String,
-        entry: SubEntry,
+        mut entry: SubEntry,
         timeout: Duration,
     ) -> Result<()> {
         let (tx, rx) = oneshot::channel();
@@ -349,6 +349,7 @@ impl Link {
                     receipt
                 };
                 let frame = entry.frame(&id, &receipt);
+                entry.made = true;
                 subs.add(id, entry);
                 drop(subs);
                 shared.push(&mut out, frame);
@@ -469,6 +470,8 @@ mod tests {
                 headers: Vec::new(),
                 ack: AckMode::Auto,
                 deliver,
+                renew: None,
+                made: false,
             },
             tx,
         );

@@ -406,6 +406,8 @@ mod tests {
                 headers: Vec::new(),
                 ack: AckMode::ClientIndividual,
                 deliver,
+                renew: None,
+                made: false,
             },
         );
         rx

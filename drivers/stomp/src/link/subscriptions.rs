@@ -27,6 +27,22 @@ pub(crate) struct SubEntry {
     pub(crate) headers: Vec<(String, String)>,
     pub(crate) ack: AckMode,
     pub(crate) deliver: mpsc::UnboundedSender<Incoming>,
+    /// Names the destination anew on every connection after the first it was made on.
+    pub(crate) renew: Option<Renew>,
+    /// Whether it was SUBSCRIBEd on some connection already.
+    pub(crate) made: bool,
+}
+
+/// Gives a subscription's destination for the connection of a generation: the RPC inbox is a
+/// queue of its own on each connection, so that no reply waits on a queue the broker still
+/// places on a node that is gone (RabbitMQ may take long to forget a dead node's queues, and
+/// meanwhile the same name can be neither consumed nor made again elsewhere).
+pub(crate) struct Renew(pub(crate) Box<dyn Fn(u64) -> String + Send + Sync>);
+
+impl std::fmt::Debug for Renew {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Renew")
+    }
 }
 
 impl SubEntry {
@@ -81,10 +97,19 @@ impl Subscriptions {
 
     /// The SUBSCRIBE frames that make every subscription again on a new connection of
     /// `generation`, each with a receipt registered in `receipts` (answering the callers of
-    /// pending subscriptions).
-    pub(crate) fn resubscribe(&mut self, receipts: &mut Receipts) -> Vec<Outgoing> {
+    /// pending subscriptions). A subscription that is [renewed](Renew) gets its destination
+    /// for this connection first.
+    pub(crate) fn resubscribe(
+        &mut self,
+        receipts: &mut Receipts,
+        generation: u64,
+    ) -> Vec<Outgoing> {
         let mut frames = Vec::with_capacity(self.entries.len());
-        for (id, entry) in &self.entries {
+        for (id, entry) in &mut self.entries {
+            if let Some(renew) = entry.renew.as_ref().filter(|_| entry.made) {
+                entry.destination = (renew.0)(generation);
+            }
+            entry.made = true;
             let receipt = receipts.next_id();
             frames.push(entry.frame(id, &receipt));
             receipts.expect(
@@ -143,6 +168,8 @@ mod tests {
                 headers: vec![("x-queue-type".into(), "quorum".into())],
                 ack: AckMode::ClientIndividual,
                 deliver,
+                renew: None,
+                made: false,
             },
             rx,
         )
@@ -166,7 +193,7 @@ mod tests {
         subs.add("s1".into(), a);
         let (tx, mut waiting) = oneshot::channel();
         subs.add_pending("s2".into(), b, tx);
-        let frames = subs.resubscribe(&mut receipts);
+        let frames = subs.resubscribe(&mut receipts, 1);
         assert_eq!(frames.len(), 2);
         assert_eq!(receipts.len(), 2);
         let wire = text(frames);
@@ -191,7 +218,32 @@ mod tests {
         receipts.confirm(receipt);
         assert_eq!(waiting.try_recv().unwrap(), Ok(()));
         // The next connection makes both again; nobody waits for them any more.
-        assert_eq!(subs.resubscribe(&mut receipts).len(), 2);
+        assert_eq!(subs.resubscribe(&mut receipts, 2).len(), 2);
+    }
+
+    #[test]
+    fn a_renewed_subscription_has_a_destination_of_its_own_on_each_later_connection() {
+        let mut subs = Subscriptions::default();
+        let mut receipts = Receipts::default();
+        let (mut inbox, _rx) = entry("/queue/ns.inbox.x");
+        inbox.renew = Some(Renew(Box::new(|generation| {
+            format!("/queue/ns.inbox.x-{generation}")
+        })));
+        // Made while no connection was up: the first connection makes it as it was asked.
+        let (tx, _waiting) = oneshot::channel();
+        subs.add_pending("s1".into(), inbox, tx);
+        let first = text(subs.resubscribe(&mut receipts, 4));
+        assert!(first.contains("destination:/queue/ns.inbox.x\n"), "{first}");
+        let second = text(subs.resubscribe(&mut receipts, 5));
+        assert!(
+            second.contains("destination:/queue/ns.inbox.x-5\n"),
+            "{second}"
+        );
+        let third = text(subs.resubscribe(&mut receipts, 9));
+        assert!(
+            third.contains("destination:/queue/ns.inbox.x-9\n"),
+            "{third}"
+        );
     }
 
     #[test]
