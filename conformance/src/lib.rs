@@ -20,6 +20,7 @@ use tidings_core::{Bus, Capabilities, Result};
 
 mod cases;
 pub mod cluster;
+pub mod node_loss;
 pub mod rabbitmq;
 pub mod support;
 

@@ -564,3 +564,26 @@ async fn quorum_groups_keep_tidings_attempts_and_refuse_another_queue_type() {
     );
     bus.shutdown().await.ok();
 }
+
+/// RPC across the loss of the caller's node (the shared scenario of
+/// `tidings_conformance::node_loss`; the test above kills the server's): calls in flight end
+/// by their timeout, calls after the move are answered while the dead node stays down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_work_after_the_callers_node_is_killed() {
+    use tidings_conformance::node_loss::{calls_work_after_the_callers_node_is_killed, Driver};
+    let _one = ONE_AT_A_TIME.lock().await;
+    calls_work_after_the_callers_node_is_killed(Driver {
+        url: |nodes, exchange| {
+            let hosts: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.amqp_port()))
+                .collect();
+            format!(
+                "amqp://guest:guest@{}/%2f?queue-type=quorum&exchange={exchange}",
+                hosts.join(",")
+            )
+        },
+        connect: |url| Box::pin(async move { Ok(Bus::new(tidings_amqp091::connect(&url).await?)) }),
+    })
+    .await;
+}

@@ -267,3 +267,27 @@ async fn node_loss(on_cluster: OnCluster) {
     let _ = publisher.shutdown().await;
     let _ = consumer.shutdown().await;
 }
+
+/// RPC across the loss of the caller's node (the shared scenario of
+/// `tidings_conformance::node_loss`): calls in flight end by their timeout, calls after the
+/// move are answered while the dead node stays down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_work_after_the_callers_node_is_killed() {
+    use tidings_conformance::node_loss::{calls_work_after_the_callers_node_is_killed, Driver};
+    calls_work_after_the_callers_node_is_killed(Driver {
+        url: |nodes, exchange| {
+            let hosts: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.amqp_port()))
+                .collect();
+            let apis: Vec<String> = nodes.iter().map(|n| n.management()).collect();
+            format!(
+                "amqp10://guest:guest@{}/?management={}&queue-type=quorum&exchange={exchange}",
+                hosts.join(","),
+                apis.join(",")
+            )
+        },
+        connect: |url| Box::pin(async move { Ok(Bus::new(tidings_amqp10::connect(&url).await?)) }),
+    })
+    .await;
+}

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::Broker;
 use tidings_conformance::cluster::{self, Node, NODES};
+use tidings_conformance::node_loss;
 use tidings_conformance::support::Note;
 use tidings_core::{Bus, Status};
 use tokio::net::{TcpListener, TcpStream};
@@ -525,133 +526,20 @@ async fn rabbitmq_cluster_consumers_node_killed_mid_stream_loses_nothing() {
     );
 }
 
-/// RPC across a node loss on the 3-node RabbitMQ cluster: the caller's URL lists the three
-/// nodes, the server is on another node than the caller. The caller's node is killed with
-/// SIGKILL while calls are in flight: each of them gets its reply or an error before its
-/// timeout (none hangs), and calls made after the caller moved to another node succeed while
-/// the dead node stays down (the inbox is a queue of its own on the new connection: the old
-/// one lived on the dead node, and RabbitMQ may take long to forget it).
+/// RPC across the loss of the caller's node on the 3-node RabbitMQ cluster (the shared
+/// scenario of `tidings_conformance::node_loss`): calls in flight end by their timeout, calls
+/// after the move are answered while the dead node stays down (the inbox is a queue of its own
+/// on the new connection: the old one lived on the dead node, and RabbitMQ may take long to
+/// forget it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_cluster_calls_work_after_the_callers_node_is_killed() {
-    // Held to the end: no other test (of this binary or any other) takes a node down
-    // meanwhile; it starts any node that is down.
-    let _cluster = tokio::task::spawn_blocking(cluster::exclusive)
-        .await
-        .expect("the test cluster");
-    let namespace = format!("fault-rpc-{}", tidings_conformance::support::unique_tag());
-    let options = format!("exchange={namespace}&heartbeat_ms=2000");
-    let client = Bus::new(
-        tidings_stomp::connect(&cluster_url(&NODES, &options))
-            .await
-            .expect("connect the caller to the cluster"),
-    );
-    let mut status = client.status();
-    let victim = match &*status.borrow_and_update() {
-        Status::Connected { node } => cluster_node_of(node),
-        other => panic!("caller status after connect: {other:?}"),
-    };
-    let stays = if victim == Node(1) { Node(2) } else { Node(1) };
-    let server = Bus::new(
-        tidings_stomp::connect(&cluster_url(&[stays], &options))
-            .await
-            .expect("connect the server"),
-    );
-    let _serving = server
-        .serve("math.double", |n: u64| async move { Ok(n * 2) })
-        .await
-        .expect("serve");
-    // Slow enough that the calls below are still in flight when the caller's node dies.
-    let _serving_slowly = server
-        .serve("math.slow", |n: u64| async move {
-            tokio::time::sleep(Duration::from_millis(1_500)).await;
-            Ok(n * 2)
-        })
-        .await
-        .expect("serve");
-    let got: u64 = client.call("math.double", &21u64).await.expect("call");
-    assert_eq!(got, 42);
-
-    const TIMEOUT: Duration = Duration::from_secs(5);
-    let in_flight: Vec<JoinHandle<(Result<u64, String>, Duration)>> = (0..20u64)
-        .map(|n| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let start = Instant::now();
-                let r = client
-                    .call::<u64, u64>("math.slow", &n)
-                    .timeout(TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string());
-                (r, start.elapsed())
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let restart = cluster::RestartOnDrop;
-    let killed_at = Instant::now();
-    tokio::task::spawn_blocking(move || victim.kill())
-        .await
-        .expect("kill");
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        status.wait_for(
-            |s| matches!(s, Status::Connected { node } if cluster_node_of(node) != victim),
-        ),
-    )
-    .await
-    .expect("the caller moved to another node within 60 s")
-    .expect("status watch");
-    let again = loop {
-        match client
-            .call::<u64, u64>("math.double", &50u64)
-            .timeout(Duration::from_secs(2))
-            .await
-        {
-            Ok(n) => break n,
-            Err(e) if killed_at.elapsed() < Duration::from_secs(60) => println!("not yet: {e}"),
-            Err(e) => panic!("no call succeeded within 60 s of the kill: {e}"),
-        }
-    };
-    let recovered = killed_at.elapsed();
-    let (mut answered, mut failed) = (0, Vec::new());
-    for call in in_flight {
-        let (r, took) = call.await.expect("call task");
-        assert!(
-            took < TIMEOUT + Duration::from_secs(2),
-            "a call in flight at the kill hung for {took:?}"
-        );
-        match r {
-            Ok(_) => answered += 1,
-            Err(e) => failed.push(e),
-        }
-    }
-    assert_eq!(again, 100);
-    for n in 0..20u64 {
-        let got: u64 = client
-            .call("math.double", &n)
-            .await
-            .expect("call after the move");
-        assert_eq!(got, n * 2);
-    }
-    println!(
-        "rpc across the kill of node {}: of 20 calls in flight {answered} answered, {} \
-         failed by their timeout (e.g. {:?}); the first call after the kill succeeded \
-         {recovered:?} after it",
-        victim.0,
-        failed.len(),
-        failed.first()
-    );
-    let _ = client.shutdown().await;
-    let _ = server.shutdown().await;
-    tokio::task::spawn_blocking(move || {
-        victim.start();
-        drop(restart);
+    node_loss::calls_work_after_the_callers_node_is_killed(node_loss::Driver {
+        url: |nodes, exchange| {
+            cluster_url(nodes, &format!("exchange={exchange}&heartbeat_ms=2000"))
+        },
+        connect: |url| Box::pin(async move { Ok(Bus::new(tidings_stomp::connect(&url).await?)) }),
     })
-    .await
-    .expect("restart");
-    tokio::task::spawn_blocking(move || cluster_cleanup(&[stays, victim], &namespace))
-        .await
-        .expect("cleanup");
+    .await;
 }
 
 /// A durable group whose queue exists with another type (quorum, declared by a bus whose URL
