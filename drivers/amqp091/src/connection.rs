@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::deadline::Deadlines;
 use crate::inbox::ReplyFeed;
 use crate::session::Session;
 
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) aborted: AtomicBool,
     in_flight: AtomicUsize,
     flushed: Notify,
+    /// When publishes give up waiting for their confirm (`publish_timeout`).
+    pub(crate) deadlines: Deadlines,
     /// Where request channels hand their reply consumers, once the inbox is open.
     replies: Mutex<Option<ReplyFeed>>,
 }
@@ -99,6 +102,7 @@ impl Shared {
             check: check.clone(),
         };
         let supervisor = Supervisor::start(opener, config.nodes(), settings).await?;
+        let deadlines = Deadlines::new(config.publish_timeout);
         Ok(Arc::new(Self {
             config,
             supervisor,
@@ -107,6 +111,7 @@ impl Shared {
             aborted: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             flushed: Notify::new(),
+            deadlines,
             replies: Mutex::new(None),
         }))
     }
@@ -123,6 +128,26 @@ impl Shared {
 
     /// Waits for a live session newer than generation `after` until `deadline`.
     pub(crate) async fn session_after(&self, after: u64, deadline: Instant) -> Result<Arc<Live>> {
+        if let Some(session) = self.live_after(after)? {
+            return Ok(session);
+        }
+        Box::pin(self.wait_session_after(after, deadline)).await
+    }
+
+    /// The usual case of `session_after`, without waiting: the current session, if it is up
+    /// and newer than generation `after`.
+    pub(crate) fn live_after(&self, after: u64) -> Result<Option<Arc<Live>>> {
+        if self.closing.is_cancelled() {
+            return Err(closed());
+        }
+        Ok(self
+            .supervisor
+            .current()
+            .filter(|s| s.generation > after && s.is_connected()))
+    }
+
+    /// `session_after` when the current session is not up: waits for the next.
+    async fn wait_session_after(&self, after: u64, deadline: Instant) -> Result<Arc<Live>> {
         loop {
             if self.closing.is_cancelled() {
                 return Err(closed());
@@ -183,9 +208,9 @@ impl Shared {
     }
 
     /// Counts a publish in flight until the guard drops, so `close` can wait for it.
-    pub(crate) fn in_flight(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn in_flight(&self) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        InFlight(self)
     }
 
     /// Waits until no publish is in flight, at most `limit`.
@@ -228,9 +253,9 @@ impl Shared {
 }
 
 /// A publish in flight; see [`Shared::in_flight`].
-pub(crate) struct InFlight(Arc<Shared>);
+pub(crate) struct InFlight<'a>(&'a Shared);
 
-impl Drop for InFlight {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.flushed.notify_waiters();

@@ -22,6 +22,7 @@
 mod config;
 mod connection;
 mod consumer;
+mod deadline;
 mod errors;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use lapin::types::ShortString;
 use tidings_core::{Envelope, Error, ErrorKind, Result};
-use tokio::time::Instant;
 
 use crate::connection::Shared;
 use crate::errors::{is_connection_error, transport};
@@ -22,33 +21,52 @@ const CHANNEL_RETRIES: u32 = 3;
 /// (about 1.5 s in all), before the refusal is the caller's error.
 const NACK_RETRIES: u32 = 4;
 
-/// Where a message goes.
-#[derive(Debug, Clone)]
-pub(crate) struct Target {
-    exchange: ShortString,
-    routing_key: ShortString,
+/// Where a message goes: names checked once, made into lapin's strings for each send (lapin
+/// takes them by value, so a cached copy would be copied anyway).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Target<'a> {
+    exchange: &'a str,
+    routing_key: &'a str,
     /// Through the default exchange straight to a queue.
     direct: bool,
 }
 
-impl Target {
+impl<'a> Target<'a> {
     /// To the bus's topic exchange under the envelope's routing key.
-    pub(crate) fn topic(exchange: &str, routing_key: &str) -> Result<Self> {
+    pub(crate) fn topic(exchange: &'a str, routing_key: &'a str) -> Result<Self> {
+        fits("exchange name", exchange)?;
+        fits("routing key", routing_key)?;
         Ok(Self {
-            exchange: short("exchange name", exchange)?,
-            routing_key: short("routing key", routing_key)?,
+            exchange,
+            routing_key,
             direct: false,
         })
     }
 
     /// Straight to the queue `queue` (a retry, a dead letter, an RPC reply).
-    pub(crate) fn queue(queue: &str) -> Result<Self> {
+    pub(crate) fn queue(queue: &'a str) -> Result<Self> {
+        fits("queue name", queue)?;
         Ok(Self {
-            exchange: ShortString::default(),
-            routing_key: short("queue name", queue)?,
+            exchange: "",
+            routing_key: queue,
             direct: true,
         })
     }
+
+    /// The exchange and routing key as lapin takes them.
+    fn names(&self) -> (ShortString, ShortString) {
+        // Checked by the constructors.
+        let name = |s: &str| ShortString::try_new(s).unwrap_or_default();
+        (name(self.exchange), name(self.routing_key))
+    }
+}
+
+/// Fails as `short` does when `name` is too long for an AMQP short string.
+fn fits(what: &str, name: &str) -> Result<()> {
+    if name.len() > u8::MAX as usize {
+        short(what, name)?;
+    }
+    Ok(())
 }
 
 /// Publishes `envelope` to `target` and waits for the broker's confirm. `replies`: the message
@@ -56,7 +74,7 @@ impl Target {
 /// the channel that sends it, and this is the inbox's feed of such channels' reply consumers.
 pub(crate) async fn publish(
     shared: &Arc<Shared>,
-    target: &Target,
+    target: &Target<'_>,
     envelope: &Envelope,
     mandatory: bool,
     replies: Option<&ReplyFeed>,
@@ -66,18 +84,25 @@ pub(crate) async fn publish(
     }
     let mut properties = Some(wire::encode(envelope, target.direct)?);
     let _counted = shared.in_flight();
-    let deadline = Instant::now() + shared.config.publish_timeout;
+    let deadline = shared.deadlines.start();
     let mut after = 0;
     let mut channel_failures = 0;
     let mut nacks = 0;
     let mut nack_backoff = tidings_plumbing::Backoff::new();
     loop {
-        let session = shared.session_after(after, deadline).await?;
-        let sent = tokio::time::timeout_at(
-            deadline,
-            session.publish(
-                &target.exchange,
-                &target.routing_key,
+        let session = match shared.live_after(after)? {
+            Some(session) => session,
+            None => shared.session_after(after, deadline.at).await?,
+        };
+        let Some(passed) = deadline.passed() else {
+            return Err(unconfirmed(shared, envelope));
+        };
+        let (exchange, routing_key) = target.names();
+        let sent = tokio::select! {
+            biased;
+            sent = session.publish(
+                exchange,
+                routing_key,
                 mandatory,
                 replies,
                 &envelope.body,
@@ -86,23 +111,13 @@ pub(crate) async fn publish(
                     Some(p) => p,
                     None => wire::encode(envelope, target.direct)?,
                 },
-            ),
-        )
-        .await;
+            ) => Some(sent),
+            () = passed => None,
+        };
         let error = match sent {
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorKind::Publish,
-                    format!(
-                        "RabbitMQ did not confirm message {} within {:?} (publish_timeout_ms); it may \
-                         or may not have been stored — the broker is overloaded or blocked \
-                         (check its memory and disk alarms)",
-                        envelope.id, shared.config.publish_timeout
-                    ),
-                ))
-            }
-            Ok(Ok(Sent::Confirmed)) => return Ok(()),
-            Ok(Ok(Sent::Returned)) => {
+            None => return Err(unconfirmed(shared, envelope)),
+            Some(Ok(Sent::Confirmed)) => return Ok(()),
+            Some(Ok(Sent::Returned)) => {
                 return Err(Error::new(
                     ErrorKind::NoResponders,
                     format!(
@@ -111,7 +126,7 @@ pub(crate) async fn publish(
                     ),
                 ))
             }
-            Ok(Ok(Sent::Nacked)) if nacks < NACK_RETRIES => {
+            Some(Ok(Sent::Nacked)) if nacks < NACK_RETRIES => {
                 // Again after a pause, on a fresh channel (the session dropped the one that
                 // refused it: see `ConfirmChannel::discard`): a quorum queue refuses
                 // publishes while it elects a leader, which takes about a second after the
@@ -121,7 +136,7 @@ pub(crate) async fn publish(
                 tokio::time::sleep(nack_backoff.next_delay()).await;
                 continue;
             }
-            Ok(Ok(Sent::Nacked)) => {
+            Some(Ok(Sent::Nacked)) => {
                 return Err(Error::new(
                     ErrorKind::Publish,
                     format!(
@@ -133,7 +148,7 @@ pub(crate) async fn publish(
                     ),
                 ))
             }
-            Ok(Err(e)) => e,
+            Some(Err(e)) => e,
         };
         if is_connection_error(&error) || !session.is_connected() {
             tracing::debug!(error = %error, id = %envelope.id, "connection lost before the confirm; publishing again after reconnect");
@@ -155,23 +170,40 @@ pub(crate) async fn publish(
         }
         tracing::debug!(error = %error, "publish channel closed by the broker; retrying");
         if !target.direct && error.to_string().contains("NOT_FOUND") {
-            // The exchange was deleted under us: declare it again.
-            if let Ok(channel) = session.connection.create_channel().await {
-                let _ = declare_exchange(&channel, &shared.config.exchange).await;
-                let _ = channel.close(200, "declared".into()).await;
-            }
+            // The exchange was deleted under us: declare it again (boxed: rare, and this
+            // future stays small).
+            Box::pin(redeclare(&session.connection, &shared.config.exchange)).await;
         }
     }
 }
 
-fn describe(target: &Target) -> String {
+/// The publish timed out waiting for its confirm.
+fn unconfirmed(shared: &Shared, envelope: &Envelope) -> Error {
+    Error::new(
+        ErrorKind::Publish,
+        format!(
+            "RabbitMQ did not confirm message {} within {:?} (publish_timeout_ms); it may \
+             or may not have been stored — the broker is overloaded or blocked \
+             (check its memory and disk alarms)",
+            envelope.id, shared.config.publish_timeout
+        ),
+    )
+}
+
+async fn redeclare(connection: &lapin::Connection, exchange: &str) {
+    if let Ok(channel) = connection.create_channel().await {
+        let _ = declare_exchange(&channel, exchange).await;
+        let _ = channel.close(200, "declared".into()).await;
+    }
+}
+
+fn describe(target: &Target<'_>) -> String {
     if target.direct {
         format!("queue {}", target.routing_key)
     } else {
         format!(
             "exchange {:?} under {:?}",
-            target.exchange.as_str(),
-            target.routing_key.as_str()
+            target.exchange, target.routing_key
         )
     }
 }

@@ -262,54 +262,36 @@ impl Session {
 
     /// Publishes and waits for the broker's confirm. An RPC request (`replies`: the inbox that
     /// reads its reply) goes out on a channel that consumes direct reply-to.
+    ///
+    /// This future is moved (copied) a few times on every publish, so it is kept small: what
+    /// is rare or only for mandatory publishes is boxed.
     pub(crate) async fn publish(
         &self,
-        exchange: &ShortString,
-        routing_key: &ShortString,
+        exchange: ShortString,
+        routing_key: ShortString,
         mandatory: bool,
         replies: Option<&ReplyFeed>,
         body: &[u8],
         properties: BasicProperties,
     ) -> lapin::Result<Sent> {
         if mandatory || replies.is_some() {
-            // Held until the confirm arrives: one publish in flight on this channel. The first
-            // free channel, so that one caller at a time keeps using one channel (and the
-            // broker's process behind it) instead of waking the next one each time.
-            let free = self.mandatory.iter().find_map(|slot| slot.try_lock().ok());
-            let mut slot = match free {
-                Some(slot) => slot,
-                None => {
-                    let i =
-                        self.next_mandatory.fetch_add(1, Ordering::Relaxed) % self.mandatory.len();
-                    self.mandatory[i].lock().await
-                }
-            };
-            let channel = slot.ready(&self.connection, replies).await?;
-            let options = BasicPublishOptions {
+            return Box::pin(self.publish_mandatory(
+                exchange,
+                routing_key,
                 mandatory,
-                ..BasicPublishOptions::default()
-            };
-            let confirm = channel
-                .basic_publish(
-                    exchange.clone(),
-                    routing_key.clone(),
-                    options,
-                    body,
-                    properties,
-                )
-                .await?
-                .await?;
-            let sent = outcome(confirm);
-            if sent == Sent::Nacked {
-                // See `ConfirmChannel::discard`; the next publish on this slot opens another.
-                slot.channel = None;
-            }
-            return Ok(sent);
+                replies,
+                body,
+                properties,
+            ))
+            .await;
         }
-        let channel = self.publisher.get(&self.connection).await?;
-        let mut publish = Box::pin(channel.basic_publish(
-            exchange.clone(),
-            routing_key.clone(),
+        let channel = match self.publisher.live() {
+            Some(channel) => channel,
+            None => Box::pin(self.publisher.get(&self.connection)).await?,
+        };
+        let mut publish = std::pin::pin!(channel.basic_publish(
+            exchange,
+            routing_key,
             BasicPublishOptions::default(),
             body,
             properties,
@@ -327,6 +309,44 @@ impl Session {
         let sent = outcome(confirm.await?);
         if sent == Sent::Nacked {
             self.publisher.discard(&channel);
+        }
+        Ok(sent)
+    }
+
+    /// A mandatory publish or an RPC request, on one of the mandatory channels.
+    async fn publish_mandatory(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        mandatory: bool,
+        replies: Option<&ReplyFeed>,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> lapin::Result<Sent> {
+        // Held until the confirm arrives: one publish in flight on this channel. The first
+        // free channel, so that one caller at a time keeps using one channel (and the
+        // broker's process behind it) instead of waking the next one each time.
+        let free = self.mandatory.iter().find_map(|slot| slot.try_lock().ok());
+        let mut slot = match free {
+            Some(slot) => slot,
+            None => {
+                let i = self.next_mandatory.fetch_add(1, Ordering::Relaxed) % self.mandatory.len();
+                self.mandatory[i].lock().await
+            }
+        };
+        let channel = slot.ready(&self.connection, replies).await?;
+        let options = BasicPublishOptions {
+            mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = channel
+            .basic_publish(exchange, routing_key, options, body, properties)
+            .await?
+            .await?;
+        let sent = outcome(confirm);
+        if sent == Sent::Nacked {
+            // See `ConfirmChannel::discard`; the next publish on this slot opens another.
+            slot.channel = None;
         }
         Ok(sent)
     }
