@@ -65,7 +65,12 @@ impl Node {
 /// `host:port` of every node for `port_of` (e.g. [`Node::amqp_port`]), comma-separated: the
 /// host list of a cluster URL.
 pub fn hosts(port_of: fn(Node) -> u16) -> String {
-    NODES
+    hosts_of(&NODES, port_of)
+}
+
+/// `host:port` of `nodes` for `port_of`, in that order, comma-separated.
+pub fn hosts_of(nodes: &[Node], port_of: fn(Node) -> u16) -> String {
+    nodes
         .iter()
         .map(|n| format!("127.0.0.1:{}", port_of(*n)))
         .collect::<Vec<_>>()

@@ -574,13 +574,9 @@ async fn calls_work_after_the_callers_node_is_killed() {
     let _one = ONE_AT_A_TIME.lock().await;
     calls_work_after_the_callers_node_is_killed(Driver {
         url: |nodes, exchange| {
-            let hosts: Vec<String> = nodes
-                .iter()
-                .map(|n| format!("127.0.0.1:{}", n.amqp_port()))
-                .collect();
             format!(
                 "amqp://guest:guest@{}/%2f?queue-type=quorum&exchange={exchange}",
-                hosts.join(",")
+                cluster::hosts_of(nodes, Node::amqp_port)
             )
         },
         connect: |url| Box::pin(async move { Ok(Bus::new(tidings_amqp091::connect(&url).await?)) }),

@@ -276,14 +276,10 @@ async fn calls_work_after_the_callers_node_is_killed() {
     use tidings_conformance::node_loss::{calls_work_after_the_callers_node_is_killed, Driver};
     calls_work_after_the_callers_node_is_killed(Driver {
         url: |nodes, exchange| {
-            let hosts: Vec<String> = nodes
-                .iter()
-                .map(|n| format!("127.0.0.1:{}", n.amqp_port()))
-                .collect();
             let apis: Vec<String> = nodes.iter().map(|n| n.management()).collect();
             format!(
                 "amqp10://guest:guest@{}/?management={}&queue-type=quorum&exchange={exchange}",
-                hosts.join(","),
+                cluster::hosts_of(nodes, Node::amqp_port),
                 apis.join(",")
             )
         },

@@ -321,11 +321,10 @@ fn cluster_node_of(address: &str) -> Node {
 
 /// `stomp://guest:guest@<nodes>/?...` for the given test cluster nodes, in that order.
 fn cluster_url(nodes: &[Node], options: &str) -> String {
-    let hosts: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.stomp_port()))
-        .collect();
-    format!("stomp://guest:guest@{}/?{options}", hosts.join(","))
+    format!(
+        "stomp://guest:guest@{}/?{options}",
+        cluster::hosts_of(nodes, Node::stomp_port)
+    )
 }
 
 /// Deletes the namespace's queues through the management API of the first node of `nodes`
