@@ -19,6 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -352,9 +353,65 @@ impl AmqpConsumer {
     }
 }
 
+impl AmqpConsumer {
+    /// What an item of the current consumer means: a delivery to hand out, or `None` when it
+    /// is to be skipped or the consumer ended (then `current` is cleared).
+    fn take(&mut self, item: Option<lapin::Result<lapin::message::Delivery>>) -> Option<Delivery> {
+        let current = self.current.as_ref()?;
+        match item {
+            Some(Ok(delivery)) => {
+                // From a channel that already died: the broker redelivers it; handling it
+                // now would only make a duplicate whose settlement fails.
+                if delivery.acker.poisoned() {
+                    return None;
+                }
+                let queue = current.queue.clone();
+                Some(self.delivery(&queue, delivery))
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, queue = %current.queue, "consumer ended");
+                let id = current.id;
+                self.current = None;
+                self.state.ended.send_replace(id);
+                None
+            }
+            None => {
+                let id = current.id;
+                self.current = None;
+                self.state.ended.send_replace(id);
+                None
+            }
+        }
+    }
+
+    /// A delivery the current consumer already holds, taken without waiting (and without
+    /// the boxed future of `next`): none when a fresh consumer is waiting, which `next` takes
+    /// first.
+    fn buffered(&mut self) -> Option<Delivery> {
+        if !self.starts.is_empty() {
+            return None;
+        }
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        loop {
+            let current = self.current.as_mut()?;
+            let item = match current.consumer.poll_next_unpin(&mut cx) {
+                Poll::Ready(item) => item,
+                Poll::Pending => return None,
+            };
+            if let Some(delivery) = self.take(item) {
+                return Some(delivery);
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Consumer for AmqpConsumer {
     fn next(&mut self) -> Completion<'_, Option<Delivery>> {
+        if let Some(delivery) = self.buffered() {
+            return Completion::ready(Some(delivery));
+        }
         Completion::later(async move {
             loop {
                 let Some(current) = self.current.as_mut() else {
@@ -367,36 +424,12 @@ impl Consumer for AmqpConsumer {
                     fresh = self.starts.recv() => Step::Fresh(fresh),
                     item = current.consumer.next() => Step::Item(item),
                 };
-                let item = match step {
-                    Step::Fresh(fresh) => {
-                        self.current = Some(fresh?);
-                        continue;
-                    }
-                    Step::Item(item) => item,
-                };
-                let Some(current) = self.current.as_mut() else {
-                    continue;
-                };
-                match item {
-                    Some(Ok(delivery)) => {
-                        // From a channel that already died: the broker redelivers it; handling it
-                        // now would only make a duplicate whose settlement fails.
-                        if delivery.acker.poisoned() {
-                            continue;
+                match step {
+                    Step::Fresh(fresh) => self.current = Some(fresh?),
+                    Step::Item(item) => {
+                        if let Some(delivery) = self.take(item) {
+                            return Some(delivery);
                         }
-                        let queue = current.queue.clone();
-                        return Some(self.delivery(&queue, delivery));
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, queue = %current.queue, "consumer ended");
-                        let id = current.id;
-                        self.current = None;
-                        self.state.ended.send_replace(id);
-                    }
-                    None => {
-                        let id = current.id;
-                        self.current = None;
-                        self.state.ended.send_replace(id);
                     }
                 }
             }
@@ -548,45 +581,63 @@ fn lost_before_settle() -> Error {
     )
 }
 
+impl AmqpSettle {
+    /// Why this delivery cannot be settled any more, if it cannot.
+    fn unsettleable(&self) -> Option<Error> {
+        if self
+            .shared
+            .aborted
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Some(closed());
+        }
+        self.acker.poisoned().then(lost_before_settle)
+    }
+
+    /// Every outcome but an ack: each publishes a copy first. A separate future from the ack's,
+    /// which stays small (it is moved into its box on every delivery).
+    async fn settle_with_copy(self: Box<Self>, outcome: Outcome) -> Result<()> {
+        if let Some(e) = self.unsettleable() {
+            return Err(e);
+        }
+        match outcome {
+            Outcome::Requeue => self.copy_back(0, BTreeMap::new()).await,
+            Outcome::Retry => self.copy_back(1, BTreeMap::new()).await,
+            Outcome::Decline { headers } => self.copy_back(0, headers).await,
+            Outcome::DeadLetter { reason } => {
+                let Some(dead) = self.dead.clone() else {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        "this subscription has no dead-letter queue",
+                    ));
+                };
+                let letter = self.envelope().into_dead_letter(&reason, &dead.from);
+                crate::topology::ensure_dead_queue(&self.shared, &dead.queue).await?;
+                publish(
+                    &self.shared,
+                    &Target::queue(&dead.queue)?,
+                    &letter,
+                    false,
+                    None,
+                )
+                .await?;
+                self.ack().await
+            }
+            other => Err(other.unsupported()),
+        }
+    }
+}
+
 impl Settle for AmqpSettle {
     fn settle(self: Box<Self>, outcome: Outcome) -> Completion<'static, Result<()>> {
-        Completion::later(async move {
-            if self
-                .shared
-                .aborted
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
-                return Err(closed());
-            }
-            if self.acker.poisoned() {
-                return Err(lost_before_settle());
-            }
-            match outcome {
-                Outcome::Ack => self.ack().await,
-                Outcome::Requeue => self.copy_back(0, BTreeMap::new()).await,
-                Outcome::Retry => self.copy_back(1, BTreeMap::new()).await,
-                Outcome::Decline { headers } => self.copy_back(0, headers).await,
-                Outcome::DeadLetter { reason } => {
-                    let Some(dead) = self.dead.clone() else {
-                        return Err(Error::new(
-                            ErrorKind::Unsupported,
-                            "this subscription has no dead-letter queue",
-                        ));
-                    };
-                    let letter = self.envelope().into_dead_letter(&reason, &dead.from);
-                    crate::topology::ensure_dead_queue(&self.shared, &dead.queue).await?;
-                    publish(
-                        &self.shared,
-                        &Target::queue(&dead.queue)?,
-                        &letter,
-                        false,
-                        None,
-                    )
-                    .await?;
-                    self.ack().await
+        match outcome {
+            Outcome::Ack => Completion::later(async move {
+                if let Some(e) = self.unsettleable() {
+                    return Err(e);
                 }
-                other => Err(other.unsupported()),
-            }
-        })
+                self.ack().await
+            }),
+            other => Completion::later(self.settle_with_copy(other)),
+        }
     }
 }
