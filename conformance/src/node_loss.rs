@@ -3,10 +3,11 @@
 //! driver connects.
 //!
 //! The caller's URL lists the three nodes; the server is on another node. The caller's node is
-//! SIGKILLed while calls are in flight and stays down: each call in flight gets its reply or an
-//! error by its timeout (none hangs), and calls made after the caller moved to another node are
-//! answered — whatever the driver's inbox was on the dead node, it takes replies again on the
-//! live one.
+//! SIGKILLed while calls are in flight and stays down: each call in flight gets its reply or,
+//! once the caller knows the reply can no longer arrive, a connection error well before its
+//! timeout (none hangs, none waits out its timeout), and calls made after the caller moved to
+//! another node are answered — whatever the driver's inbox was on the dead node, it takes
+//! replies again on the live one.
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ pub struct Driver {
 }
 
 /// How long each call may take.
-const TIMEOUT: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_secs(10);
 /// How many calls are in flight when the node dies.
 const IN_FLIGHT: u64 = 20;
 /// How long the caller may take to move and be answered again.
@@ -39,8 +40,10 @@ pub struct CallsAcrossTheLoss {
     pub killed: Node,
     /// Calls in flight that got their reply.
     pub answered: usize,
-    /// Calls in flight that failed by their timeout, with their errors.
+    /// Calls in flight that failed, with their errors.
     pub failed: Vec<String>,
+    /// The longest a call in flight took to fail, from the kill.
+    pub failed_within: Duration,
     /// From the kill to the first call answered again.
     pub recovered: Duration,
 }
@@ -83,13 +86,12 @@ pub async fn calls_work_after_the_callers_node_is_killed(driver: Driver) -> Call
         .map(|n| {
             let client = client.clone();
             tokio::spawn(async move {
-                let start = Instant::now();
                 let r = client
                     .call::<u64, u64>("math.slow", &n)
                     .timeout(TIMEOUT)
                     .await
                     .map_err(|e| e.to_string());
-                (r, start.elapsed())
+                (r, Instant::now())
             })
         })
         .collect();
@@ -119,17 +121,25 @@ pub async fn calls_work_after_the_callers_node_is_killed(driver: Driver) -> Call
     };
     let recovered = killed_at.elapsed();
     assert_eq!(again, 100);
-    let (mut answered, mut failed) = (0, Vec::new());
+    let (mut answered, mut failed, mut failed_within) = (0, Vec::new(), Duration::ZERO);
     for call in in_flight {
-        let (r, took) = call.await.expect("call task");
-        assert!(
-            took < TIMEOUT + Duration::from_secs(2),
-            "a call in flight at the kill hung for {took:?}"
-        );
+        let (r, ended_at) = call.await.expect("call task");
         match r {
             Ok(_) => answered += 1,
-            Err(e) => failed.push(e),
+            Err(e) => {
+                assert!(
+                    e.contains("connection was lost"),
+                    "a call in flight at the kill failed with {e:?}, not a connection error"
+                );
+                failed_within = failed_within.max(ended_at.saturating_duration_since(killed_at));
+                failed.push(e);
+            }
         }
+        assert!(
+            ended_at.saturating_duration_since(killed_at) < TIMEOUT / 2,
+            "a call in flight at the kill ended only {:?} after it",
+            ended_at.saturating_duration_since(killed_at)
+        );
     }
     for n in 0..20u64 {
         let got: u64 = client
@@ -140,8 +150,8 @@ pub async fn calls_work_after_the_callers_node_is_killed(driver: Driver) -> Call
     }
     println!(
         "rpc across the kill of node {}: of {IN_FLIGHT} calls in flight {answered} answered, {} \
-         failed by their timeout (e.g. {:?}); the first call after the kill was answered \
-         {recovered:?} after it, with the node still down",
+         failed within {failed_within:?} of the kill (e.g. {:?}); the first call after the kill \
+         was answered {recovered:?} after it, with the node still down",
         victim.0,
         failed.len(),
         failed.first()
@@ -158,6 +168,7 @@ pub async fn calls_work_after_the_callers_node_is_killed(driver: Driver) -> Call
         killed: victim,
         answered,
         failed,
+        failed_within,
         recovered,
     }
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::driver::delivery::{Consumer, Inbox, Outcome};
 use crate::envelope::Envelope;
@@ -44,6 +44,8 @@ type Waiters = Mutex<HashMap<String, oneshot::Sender<Arc<Envelope>>>>;
 /// The reply inbox of one connection and the calls waiting on it.
 pub(crate) struct ReplyInbox {
     address: String,
+    /// See [`Inbox::renewals`].
+    renewals: Option<watch::Receiver<u64>>,
     waiters: Waiters,
     inbox: tokio::sync::Mutex<Box<dyn Consumer>>,
 }
@@ -60,6 +62,7 @@ impl ReplyInbox {
                 let inbox = open.await?;
                 Ok(Self {
                     address: inbox.address,
+                    renewals: inbox.renewals,
                     waiters: Mutex::default(),
                     inbox: tokio::sync::Mutex::new(inbox.consumer),
                 })
@@ -70,6 +73,24 @@ impl ReplyInbox {
     /// The address the connection's requests carry as `reply_to` (the driver sets it).
     pub(crate) fn address(&self) -> &str {
         &self.address
+    }
+
+    /// Resolves once the replies to every request confirmed before this was called can no
+    /// longer arrive (the connection's inbox was renewed); never, for an inbox that is not.
+    pub(crate) fn renewed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut renewals = self.renewals.clone();
+        if let Some(r) = renewals.as_mut() {
+            r.borrow_and_update();
+        }
+        async move {
+            if let Some(mut r) = renewals {
+                if r.changed().await.is_ok() {
+                    return;
+                }
+            }
+            // Not renewed, or never again (a closed watch: the connection is gone).
+            std::future::pending().await
+        }
     }
 
     /// Registers a call; its reply will arrive on the returned receiver.

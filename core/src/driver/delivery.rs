@@ -186,12 +186,48 @@ pub trait Consumer: Send + 'static {
 
 /// A connection's reply inbox, as [`Provider::open_inbox`](super::Provider::open_inbox) opens it: the private address where
 /// the replies to the connection's requests arrive.
+///
+/// # Examples
+/// ```
+/// # fn demo(consumer: Box<dyn tidings_core::driver::Consumer>) {
+/// use tidings_core::driver::{Inbox, InboxAddress};
+///
+/// let address = InboxAddress::default();
+/// address.set("inbox.1".into(), "memory").unwrap();
+/// // A driver whose inbox is made anew on each connection says so: a call whose request went
+/// // out before a renewal fails at once instead of waiting out its timeout.
+/// let inbox = Inbox::new("inbox.1".into(), consumer).renewed_by(address.renewals());
+/// # let _ = inbox; }
+/// ```
+#[non_exhaustive]
 pub struct Inbox {
     /// The address [`Provider::request`](super::Provider::request) puts in `reply_to`, as far as the connection knows it
     /// (a broker may rewrite it on the way). The bus shows it to layers; it never sends to it.
     pub address: String,
     /// The replies. They need no settling.
     pub consumer: Box<dyn Consumer>,
+    /// Counts the times the replies to every request sent before could no longer arrive (the
+    /// connection was replaced and its inbox with it); `None`: never.
+    pub renewals: Option<tokio::sync::watch::Receiver<u64>>,
+}
+
+impl Inbox {
+    /// An inbox at `address` whose replies come from `consumer`, and whose replies to earlier
+    /// requests never stop being able to arrive.
+    pub fn new(address: String, consumer: Box<dyn Consumer>) -> Self {
+        Self {
+            address,
+            consumer,
+            renewals: None,
+        }
+    }
+
+    /// This inbox, renewed whenever `renewals` counts up: a call waiting for the reply to a
+    /// request confirmed before then fails at once with [`ErrorKind::Connection`].
+    pub fn renewed_by(mut self, renewals: tokio::sync::watch::Receiver<u64>) -> Self {
+        self.renewals = Some(renewals);
+        self
+    }
 }
 
 impl fmt::Debug for Inbox {

@@ -156,13 +156,17 @@ impl PublishOptions {
 /// assert_eq!(request.reply_to.as_deref(), Some("inbox.1-2"));
 /// ```
 #[derive(Debug, Default)]
-pub struct InboxAddress(std::sync::RwLock<Option<String>>);
+pub struct InboxAddress {
+    address: std::sync::RwLock<Option<String>>,
+    /// Counts [`renew`](Self::renew)s, for [`Inbox::renewed_by`].
+    renewals: tokio::sync::watch::Sender<u64>,
+}
 
 impl InboxAddress {
     /// Records the inbox's address; fails if this connection's inbox is already open (the
     /// bus opens it once per connection). `scheme` names the driver in the error.
     pub fn set(&self, address: String, scheme: &str) -> Result<()> {
-        let mut current = self.0.write().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.address.write().unwrap_or_else(|p| p.into_inner());
         if current.is_some() {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -179,15 +183,21 @@ impl InboxAddress {
     /// The open inbox now takes replies at `address`: for a driver that makes its inbox anew,
     /// under a new name, on each new connection (the old one's queue may have lived on a node
     /// that is gone, and the broker may take long to forget it). Requests stamped from now on
-    /// carry the new address; replies to the old one are lost, as replies in flight are when a
-    /// connection drops.
+    /// carry the new address; replies to the old one are lost, and the calls waiting for them
+    /// fail at once (see [`renewals`](Self::renewals)).
     pub fn renew(&self, address: String) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(address);
+        *self.address.write().unwrap_or_else(|p| p.into_inner()) = Some(address);
+        self.renewals.send_modify(|n| *n += 1);
+    }
+
+    /// Counts the [`renew`](Self::renew)s: what [`Inbox::renewed_by`] takes.
+    pub fn renewals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.renewals.subscribe()
     }
 
     /// Sets `envelope.reply_to` to the inbox's address; fails if the inbox is not open yet.
     pub fn stamp(&self, envelope: &mut Envelope, scheme: &str) -> Result<()> {
-        let current = self.0.read().unwrap_or_else(|p| p.into_inner());
+        let current = self.address.read().unwrap_or_else(|p| p.into_inner());
         let address = current.as_ref().ok_or_else(|| {
             Error::new(
                 ErrorKind::Unsupported,

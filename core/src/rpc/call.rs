@@ -76,7 +76,24 @@ impl<'a, Req: Event, Resp: Event> Call<'a, Req, Resp> {
         let reply = tokio::select! {
             biased;
             sent = published => match sent {
-                Ok(()) => replied.await,
+                // Watched from the confirm on: the request went out with the inbox of then or
+                // an earlier one, so a renewal from now on means its reply cannot arrive.
+                Ok(()) => tokio::select! {
+                    biased;
+                    reply = &mut replied => reply,
+                    () = inbox.renewed() => {
+                        inbox.forget(&correlation_id);
+                        return Err(Error::new(
+                            ErrorKind::Connection,
+                            format!(
+                                "the connection was lost while call {:?} waited for its reply, \
+                                 which can no longer arrive (the request may have been handled \
+                                 or not)",
+                                self.name
+                            ),
+                        ));
+                    }
+                },
                 Err(e) => {
                     inbox.forget(&correlation_id);
                     return Err(e);

@@ -39,6 +39,9 @@ struct Opener {
     config: Config,
     /// Woken by [`Shared::report_lost`]: look at the session now rather than at the next tick.
     check: Arc<Notify>,
+    /// Counts lost connections: replies to requests sent on one come to its channels' direct
+    /// reply-to consumers, which die with it (see [`Shared::renewals`]).
+    lost: watch::Sender<u64>,
 }
 
 #[async_trait]
@@ -59,6 +62,9 @@ impl Connector for Opener {
                 _ = tokio::time::sleep(WATCH_INTERVAL) => {}
             }
         }
+        if !shutdown.is_cancelled() {
+            self.lost.send_modify(|n| *n += 1);
+        }
     }
 }
 
@@ -77,6 +83,9 @@ pub(crate) struct Shared {
     pub(crate) deadlines: Deadlines,
     /// Where request channels hand their reply consumers, once the inbox is open.
     replies: Mutex<Option<ReplyFeed>>,
+    /// Counts up when a connection is lost, and with it the replies to every request sent on
+    /// it: the inbox's renewals (`Inbox::renewed_by`), so those calls fail at once.
+    pub(crate) renewals: watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -97,9 +106,11 @@ impl Shared {
             redacted: config.redacted.clone(),
             open_timeout: OPEN_TIMEOUT,
         };
+        let (lost, renewals) = watch::channel(0);
         let opener = Opener {
             config: config.clone(),
             check: check.clone(),
+            lost,
         };
         let supervisor = Supervisor::start(opener, config.nodes(), settings).await?;
         let deadlines = Deadlines::new(config.publish_timeout);
@@ -113,6 +124,7 @@ impl Shared {
             flushed: Notify::new(),
             deadlines,
             replies: Mutex::new(None),
+            renewals,
         }))
     }
 

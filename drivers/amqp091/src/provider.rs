@@ -142,10 +142,9 @@ impl Provider for AmqpProvider {
 
     async fn open_inbox(&self) -> Result<Inbox> {
         self.check_open()?;
-        Ok(Inbox {
-            address: DIRECT_REPLY_TO.to_owned(),
-            consumer: Box::new(ReplyInbox::new(self.shared.open_replies()?)),
-        })
+        let consumer = Box::new(ReplyInbox::new(self.shared.open_replies()?));
+        Ok(Inbox::new(DIRECT_REPLY_TO.to_owned(), consumer)
+            .renewed_by(self.shared.renewals.clone()))
     }
 
     fn reply_slot(&self) -> &ReplySlot {

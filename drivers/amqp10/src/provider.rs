@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::connection::Shared;
 use crate::dialect::{self, QueueSpec};
-use crate::receiver::{AmqpConsumer, ReceiverSpec};
+use crate::receiver::{AmqpConsumer, ReceiverSpec, Renew};
 use crate::sender::{SenderLink, SenderPool};
 use crate::wire;
 
@@ -30,8 +30,8 @@ pub struct Amqp10Provider {
     /// up per message.
     topic: Arc<SenderLink>,
     /// The address of this connection's reply inbox once open: what its requests carry as
-    /// `reply-to`.
-    inbox: InboxAddress,
+    /// `reply-to`. The inbox is a queue of its own on each connection (see [`Renew`]).
+    inbox: Arc<InboxAddress>,
     /// Where the bus keeps the inbox.
     replies: ReplySlot,
 }
@@ -68,7 +68,7 @@ impl Amqp10Provider {
             shared,
             pool,
             topic,
-            inbox: InboxAddress::default(),
+            inbox: Arc::default(),
             replies: ReplySlot::default(),
         })
     }
@@ -188,37 +188,62 @@ impl Provider for Amqp10Provider {
             credit: u32::from(spec.prefetch.max(1)),
             from,
             count_redelivery: true,
+            renew: None,
         };
         self.consume(receiver).await
     }
 
     async fn open_inbox(&self) -> Result<Inbox> {
-        let dialect = &self.shared.dialect;
-        let queue = QueueSpec {
-            name: dialect.private_queue("inbox", &tidings_core::envelope::new_id()),
-            durable: false,
-            auto_delete: true,
-            lasting: false,
-            binding: None,
+        let id = tidings_core::envelope::new_id();
+        let dead_letter_address = self
+            .shared
+            .dialect
+            .queue_address(&self.dead_letter_spec("inbox").name);
+        let (dialect, inbox) = (self.shared.dialect.clone(), self.inbox.clone());
+        // The inbox of the connection of `generation` (0: the first), its address announced.
+        let spec_for = move |generation: u64| {
+            let name = match generation {
+                0 => dialect.private_queue("inbox", &id),
+                n => dialect.private_queue("inbox", &format!("{id}-{n}")),
+            };
+            let address = dialect.queue_address(&name);
+            let queue = QueueSpec {
+                name,
+                durable: false,
+                auto_delete: true,
+                lasting: false,
+                binding: None,
+            };
+            ReceiverSpec {
+                address: address.clone(),
+                queue_address: address,
+                durable: false,
+                dead_letter_address: dead_letter_address.clone(),
+                declare: vec![queue],
+                credit: INBOX_CREDIT,
+                from: "inbox".to_owned(),
+                count_redelivery: false,
+                renew: None,
+            }
         };
-        let address = dialect.queue_address(&queue.name);
-        let dead = self.dead_letter_spec("inbox");
-        let receiver = ReceiverSpec {
-            address: address.clone(),
-            queue_address: address.clone(),
-            durable: false,
-            dead_letter_address: dialect.queue_address(&dead.name),
-            declare: vec![queue],
-            credit: INBOX_CREDIT,
-            from: "inbox".to_owned(),
-            count_redelivery: false,
-        };
-        let consumer = self.consume(receiver).await?;
+        let first = spec_for(0);
+        let address = first.address.clone();
+        let renew = Renew(Arc::new(move |generation| {
+            let spec = spec_for(generation);
+            inbox.renew(spec.address.clone());
+            spec
+        }));
+        let consumer = self
+            .consume(ReceiverSpec {
+                renew: Some(renew),
+                ..first
+            })
+            .await?;
         if let Err(e) = self.inbox.set(address.clone(), "amqp10") {
             let _ = consumer.cancel().await;
             return Err(e);
         }
-        Ok(Inbox { address, consumer })
+        Ok(Inbox::new(address, consumer).renewed_by(self.inbox.renewals()))
     }
 
     fn reply_slot(&self) -> &ReplySlot {
@@ -249,6 +274,7 @@ impl Provider for Amqp10Provider {
             credit: DEAD_LETTER_CREDIT,
             from: name.to_owned(),
             count_redelivery: false,
+            renew: None,
         };
         self.consume(receiver).await
     }

@@ -44,6 +44,21 @@ pub(crate) struct ReceiverSpec {
     /// Whether a redelivery by the broker counts as a new attempt (not for dead letters, which
     /// are read back exactly as stored).
     pub(crate) count_redelivery: bool,
+    /// Makes the spec anew for each connection after the first it attached on.
+    pub(crate) renew: Option<Renew>,
+}
+
+/// Gives a receiver's spec for the connection of a generation: the RPC inbox is a queue of its
+/// own on each connection, so that no reply waits on a queue the broker still places on a node
+/// that is gone (RabbitMQ may take long to forget a dead node's queues, and meanwhile the same
+/// name can be neither consumed nor declared again elsewhere).
+#[derive(Clone)]
+pub(crate) struct Renew(pub(crate) Arc<dyn Fn(u64) -> ReceiverSpec + Send + Sync>);
+
+impl std::fmt::Debug for Renew {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Renew")
+    }
 }
 
 /// A subscription's consumer: the receiving end of its link task.
@@ -120,7 +135,7 @@ impl Drop for AmqpConsumer {
 async fn run(
     shared: Arc<Shared>,
     pool: Arc<SenderPool>,
-    spec: Arc<ReceiverSpec>,
+    mut spec: Arc<ReceiverSpec>,
     tx: mpsc::UnboundedSender<Delivery>,
     stop: CancellationToken,
     ready: oneshot::Sender<Result<()>>,
@@ -129,11 +144,20 @@ async fn run(
     let mut after = 0u64;
     let mut backoff = Backoff::new();
     let link_name = format!("tidings-recv-{}", tidings_core::envelope::new_id());
+    let renew = spec.renew.clone();
+    // The connection the spec was made or attached for.
+    let mut spec_for: Option<u64> = None;
     loop {
         let live = tokio::select! {
             _ = stop.cancelled() => return,
             live = shared.live_after(after) => match live { Some(l) => l, None => return },
         };
+        if let Some(renew) = renew.as_ref().filter(|_| spec_for.is_some()) {
+            if spec_for != Some(live.generation) {
+                spec = Arc::new((renew.0)(live.generation));
+            }
+        }
+        spec_for = Some(live.generation);
         let declared = declare_all(&shared, &spec).await;
         let attached = match declared {
             Ok(()) => match live.begin_session().await {

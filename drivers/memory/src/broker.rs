@@ -293,7 +293,7 @@ impl Provider for MemoryProvider {
                 from: address.clone(),
             },
         );
-        Ok(Inbox { address, consumer })
+        Ok(Inbox::new(address, consumer))
     }
 
     fn reply_slot(&self) -> &ReplySlot {

@@ -299,7 +299,7 @@ impl Provider for StompProvider {
             let _ = consumer.cancel().await;
             return Err(e);
         }
-        Ok(Inbox { address, consumer })
+        Ok(Inbox::new(address, consumer).renewed_by(self.inbox.renewals()))
     }
 
     fn reply_slot(&self) -> &ReplySlot {
