@@ -2,19 +2,10 @@
 //! amqp091 driver) real sessions against the local RabbitMQ.
 #![cfg(feature = "cli")]
 
-use std::process::{Command, Output};
+#[path = "support/cli.rs"]
+mod cli;
 
-fn tidings(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(args)
-        .env_remove("TIDINGS_URL")
-        .output()
-        .expect("run tidings")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use cli::{stderr, tidings};
 
 #[test]
 fn a_bad_url_is_a_usage_error_naming_the_problem() {
@@ -169,15 +160,10 @@ mod rabbitmq {
 
     use tidings_conformance::rabbitmq::Namespace;
 
-    use super::stderr;
+    use super::{stderr, tidings};
 
     fn run(url: &str, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .arg("--url")
-            .arg(url)
-            .args(args)
-            .output()
-            .expect("run tidings")
+        tidings(&[&["--url", url], args].concat())
     }
 
     /// A long-running `tidings` process, killed when dropped.

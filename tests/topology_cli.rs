@@ -3,24 +3,12 @@
 //! its line, and memory:// says it cannot be checked.
 #![cfg(feature = "cli")]
 
+#[path = "support/cli.rs"]
+mod cli;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn tidings(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(args)
-        .env_remove("TIDINGS_URL")
-        .output()
-        .expect("run tidings")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use cli::{text, tidings};
 
 /// `tidings.toml` holding `system` in a directory of this test's own.
 fn system_file(test: &str, system: &str) -> PathBuf {
