@@ -167,3 +167,196 @@ pub(crate) async fn within<T>(
         Err(_) => panic!("{what} did not finish within {limit:?}: is the broker answering?"),
     }
 }
+
+/// One side's throughput in one round: messages per second and client CPU per message in µs.
+pub(crate) type Rate = (f64, f64);
+
+/// The throughput table of a bench, round by round: a plain program and tidings, each side's
+/// rate and client CPU per message, and tidings' ratios to the plain program.
+#[derive(Debug)]
+pub(crate) struct ThroughputTable {
+    /// The plain program's name in the output, e.g. `plain lapin`.
+    plain: &'static str,
+    rate: [Series; 2],
+    cpu: [Series; 2],
+    ratio: Series,
+    cpu_ratio: Series,
+}
+
+impl ThroughputTable {
+    pub(crate) fn new(plain: &'static str) -> Self {
+        Self {
+            plain,
+            rate: Default::default(),
+            cpu: Default::default(),
+            ratio: Series::default(),
+            cpu_ratio: Series::default(),
+        }
+    }
+
+    /// Records one round (each side's rate where it ran) and returns its line.
+    pub(crate) fn record(
+        &mut self,
+        round: usize,
+        plain: Option<Rate>,
+        tidings: Option<Rate>,
+    ) -> String {
+        let mut line = format!("  round {:>2}:", round + 1);
+        for (side, (name, got)) in [(self.plain, plain), ("tidings", tidings)]
+            .into_iter()
+            .enumerate()
+        {
+            if let Some((rate, cpu)) = got {
+                self.rate[side].push(rate);
+                self.cpu[side].push(cpu);
+                let _ = write!(line, "  {name} {rate:>6.0} msg/s {cpu:>5.1} µs");
+            }
+        }
+        if let (Some(p), Some(t)) = (plain, tidings) {
+            self.ratio.push(t.0 / p.0);
+            self.cpu_ratio.push(t.1 / p.1);
+            let first = if order(round, 2)[0] == 0 {
+                "plain"
+            } else {
+                "tidings"
+            };
+            let _ = write!(
+                line,
+                "  ratio {:.3}  CPU ratio {:.3}  ({first} first)",
+                t.0 / p.0,
+                t.1 / p.1
+            );
+        }
+        line
+    }
+
+    /// The medians with their ranges; `targets` follow the two ratios (e.g. `(target >= 0.95)`).
+    pub(crate) fn summary(&self, rounds: usize, targets: [&str; 2]) -> String {
+        let mut out = format!("  medians over {rounds} rounds (min–max):");
+        for (side, name) in [self.plain, "tidings"].into_iter().enumerate() {
+            if !self.rate[side].is_empty() {
+                let _ = write!(
+                    out,
+                    "\n    {name:<12} {} msg/s, CPU {} µs/msg",
+                    self.rate[side].show(0),
+                    self.cpu[side].show(1)
+                );
+            }
+        }
+        if !self.ratio.is_empty() {
+            let _ = write!(
+                out,
+                "\n    throughput ratio tidings / plain {}{}\n    CPU ratio tidings / plain {}{}",
+                self.ratio.show(3),
+                spaced(targets[0]),
+                self.cpu_ratio.show(3),
+                spaced(targets[1])
+            );
+        }
+        out
+    }
+}
+
+/// One program's RPC run: every call's round trip, and client CPU per call in µs (where the
+/// bench measures it).
+pub(crate) type Calls = (Vec<Duration>, Option<f64>);
+
+/// The RPC table of a bench, round by round: a bare plain program, a plain program with
+/// tidings' promises, and tidings — p50, p99, client CPU per call, and tidings' p50 ratios.
+#[derive(Debug)]
+pub(crate) struct RpcTable {
+    /// The three programs' names in the output, bare first, tidings last.
+    names: [&'static str; 3],
+    p50: [Series; 3],
+    p99: [Series; 3],
+    cpu: [Series; 3],
+    vs_bare: Series,
+    vs_same: Series,
+}
+
+impl RpcTable {
+    pub(crate) fn new(names: [&'static str; 3]) -> Self {
+        Self {
+            names,
+            p50: Default::default(),
+            p99: Default::default(),
+            cpu: Default::default(),
+            vs_bare: Series::default(),
+            vs_same: Series::default(),
+        }
+    }
+
+    /// Records one round (each program's calls where it ran) and returns its line.
+    pub(crate) fn record(&mut self, round: usize, got: [Option<Calls>; 3]) -> String {
+        let mut line = format!("  round {:>2}:", round + 1);
+        let mut p50 = [None; 3];
+        for (i, got) in got.into_iter().enumerate() {
+            let Some((latencies, cpu)) = got else {
+                continue;
+            };
+            let (a, b) = p50_p99_ms(latencies);
+            self.p50[i].push(a);
+            self.p99[i].push(b);
+            p50[i] = Some(a);
+            let _ = write!(line, "  {} {a:.3} / {b:.3}", self.names[i]);
+            if let Some(cpu) = cpu {
+                self.cpu[i].push(cpu);
+                let _ = write!(line, " ({cpu:.0} µs)");
+            }
+        }
+        if let [Some(bare), Some(same), Some(tidings)] = p50 {
+            self.vs_bare.push(tidings / bare);
+            self.vs_same.push(tidings / same);
+            let _ = write!(
+                line,
+                "  p50 ratio vs {} {:.3}, vs {} {:.3}",
+                self.names[0],
+                tidings / bare,
+                self.names[1],
+                tidings / same
+            );
+        }
+        line
+    }
+
+    /// The medians with their ranges; `note` follows the ratios (e.g. a target).
+    pub(crate) fn summary(&self, rounds: usize, note: &str) -> String {
+        let mut out = format!("  medians over {rounds} rounds (min–max):");
+        for i in 0..3 {
+            if self.p50[i].is_empty() {
+                continue;
+            }
+            let _ = write!(
+                out,
+                "\n    {:<14} p50 {} ms, p99 {} ms",
+                self.names[i],
+                self.p50[i].show(3),
+                self.p99[i].show(3)
+            );
+            if !self.cpu[i].is_empty() {
+                let _ = write!(out, ", CPU {} µs/call", self.cpu[i].show(0));
+            }
+        }
+        if !self.vs_bare.is_empty() {
+            let _ = write!(
+                out,
+                "\n    p50 ratio tidings / {} {}, tidings / {} {}{}",
+                self.names[0],
+                self.vs_bare.show(3),
+                self.names[1],
+                self.vs_same.show(3),
+                spaced(note)
+            );
+        }
+        out
+    }
+}
+
+/// `text` after a space, or nothing.
+fn spaced(text: &str) -> String {
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(" {text}")
+    }
+}

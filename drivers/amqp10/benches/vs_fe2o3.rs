@@ -32,7 +32,7 @@ mod bench_support;
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
-use bench_support::{order, p50_p99_ms, process_cpu, within, Phase, Series};
+use bench_support::{order, process_cpu, within, Phase, RpcTable, ThroughputTable};
 use fe2o3_amqp::link::delivery::DeliveryFut;
 use fe2o3_amqp::link::{CreditMode, SendError};
 use fe2o3_amqp::types::definitions::SenderSettleMode;
@@ -566,64 +566,24 @@ async fn throughput_rounds(id: &str, rounds: usize, side: &str) {
         }
     );
     println!("  rates in msg/s, client CPU (user + system, whole process) in µs per message");
-    let (mut plain_rate, mut tidings_rate) = (Series::default(), Series::default());
-    let (mut plain_cpu, mut tidings_cpu) = (Series::default(), Series::default());
-    let (mut ratio, mut cpu_ratio) = (Series::default(), Series::default());
+    let mut table = ThroughputTable::new("plain fe2o3");
     for round in 0..rounds {
-        let mut line = format!("  round {:>2}:", round + 1);
         let (mut p, mut t) = (None, None);
         for s in order(round, 2) {
             if s == 0 && side != "tidings" {
-                let r = within(
-                    "a plain throughput run",
-                    LIMIT,
-                    plain_throughput(&format!("bench-{id}-p{round}")),
-                )
-                .await;
-                line += &format!("  plain fe2o3 {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
-                p = Some(r);
+                let exchange = format!("bench-{id}-p{round}");
+                let run = plain_throughput(&exchange);
+                p = Some(within("a plain throughput run", LIMIT, run).await);
             }
             if s == 1 && side != "plain" {
-                let r = within(
-                    "a tidings throughput run",
-                    LIMIT,
-                    tidings_throughput(&format!("bench-{id}-t{round}")),
-                )
-                .await;
-                line += &format!("  tidings {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
-                t = Some(r);
+                let exchange = format!("bench-{id}-t{round}");
+                let run = tidings_throughput(&exchange);
+                t = Some(within("a tidings throughput run", LIMIT, run).await);
             }
         }
-        if let Some(p) = p {
-            plain_rate.push(p.0);
-            plain_cpu.push(p.1);
-        }
-        if let Some(t) = t {
-            tidings_rate.push(t.0);
-            tidings_cpu.push(t.1);
-        }
-        if let (Some(p), Some(t)) = (p, t) {
-            ratio.push(t.0 / p.0);
-            cpu_ratio.push(t.1 / p.1);
-            line += &format!("  ratio {:.3}  CPU ratio {:.3}", t.0 / p.0, t.1 / p.1);
-        }
-        println!("{line}");
+        println!("{}", table.record(round, p, t));
     }
-    println!(
-        "  medians over {rounds} rounds (min–max):\n    plain fe2o3  {} msg/s, CPU {} µs/msg\n    \
-         tidings      {} msg/s, CPU {} µs/msg",
-        plain_rate.show(0),
-        plain_cpu.show(1),
-        tidings_rate.show(0),
-        tidings_cpu.show(1)
-    );
-    if !ratio.is_empty() {
-        println!(
-            "    throughput ratio tidings / plain {}\n    CPU ratio tidings / plain {}",
-            ratio.show(3),
-            cpu_ratio.show(3)
-        );
-    }
+    println!("{}", table.summary(rounds, ["", ""]));
 }
 
 async fn rpc_rounds(id: &str, rounds: usize, side: &str) {
@@ -633,14 +593,9 @@ async fn rpc_rounds(id: &str, rounds: usize, side: &str) {
          CPU per call in µs",
         calls()
     );
-    let names = ["plain bare", "plain same", "tidings"];
-    let mut p50 = [Series::default(), Series::default(), Series::default()];
-    let mut p99 = p50.clone();
-    let mut cpu = p50.clone();
-    let (mut vs_bare, mut vs_same) = (Series::default(), Series::default());
+    let mut table = RpcTable::new(["plain bare", "plain same", "tidings"]);
     for round in 0..rounds {
-        let mut line = format!("  round {:>2}:", round + 1);
-        let mut got = [None; 3];
+        let mut got = [None, None, None];
         for s in order(round, 3) {
             let run = match s {
                 0 if side != "tidings" => {
@@ -659,48 +614,11 @@ async fn rpc_rounds(id: &str, rounds: usize, side: &str) {
                 }
                 _ => continue,
             };
-            let (a, b) = p50_p99_ms(run.0);
-            got[s] = Some((a, b, run.1));
+            got[s] = Some((run.0, Some(run.1)));
         }
-        for (s, got) in got.iter().enumerate() {
-            if let Some((a, b, c)) = got {
-                p50[s].push(*a);
-                p99[s].push(*b);
-                cpu[s].push(*c);
-                line += &format!("  {} {a:.3} / {b:.3} ({c:.0} µs)", names[s]);
-            }
-        }
-        if let [Some(bare), Some(same), Some(tidings)] = got {
-            vs_bare.push(tidings.0 / bare.0);
-            vs_same.push(tidings.0 / same.0);
-            line += &format!(
-                "  p50 ratio vs bare {:.3}, vs same {:.3}",
-                tidings.0 / bare.0,
-                tidings.0 / same.0
-            );
-        }
-        println!("{line}");
+        println!("{}", table.record(round, got));
     }
-    println!("  medians over {rounds} rounds (min–max):");
-    for s in 0..3 {
-        if !p50[s].is_empty() {
-            println!(
-                "    {:<11} p50 {} ms, p99 {} ms, CPU {} µs/call",
-                names[s],
-                p50[s].show(3),
-                p99[s].show(3),
-                cpu[s].show(0)
-            );
-        }
-    }
-    if !vs_bare.is_empty() {
-        println!(
-            "    p50 ratio tidings / plain bare {}, tidings / plain same promises {} (below 1: \
-             tidings faster)",
-            vs_bare.show(3),
-            vs_same.show(3)
-        );
-    }
+    println!("{}", table.summary(rounds, "(below 1: tidings faster)"));
 }
 
 async fn run() {

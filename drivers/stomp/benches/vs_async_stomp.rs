@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use async_stomp::client::{Connector, Subscriber};
 use async_stomp::{AckMode, FromServer, Message, ToServer};
-use bench_support::{order, within, Phase, Series};
+use bench_support::{order, within, Phase, RpcTable, ThroughputTable};
 use common::Broker;
 use futures::{FutureExt, SinkExt, StreamExt};
 use tidings_conformance::support::Note;
@@ -585,99 +585,35 @@ async fn bench(broker: Broker, n: usize, calls: usize, rounds: usize, only: &str
             "; plain batches its writes"
         }
     );
-    let (mut plain_rate, mut tidings_rate) = (Series::default(), Series::default());
-    let (mut plain_cpu, mut tidings_cpu) = (Series::default(), Series::default());
-    let (mut ratio, mut cpu_ratio) = (Series::default(), Series::default());
-    let mut p50: [Series; 3] = Default::default();
-    let mut p99: [Series; 3] = Default::default();
-    let (mut vs_bare, mut vs_same) = (Series::default(), Series::default());
+    let mut throughput = ThroughputTable::new("async-stomp");
+    let mut calls_table = RpcTable::new(RPC_NAMES);
     let mut rpc_lines = Vec::new();
     for round in 0..rounds {
         let ns = format!("{ns}-{round}");
-        let mut line = format!("  round {:>2}:", round + 1);
         let (mut p, mut t) = (None, None);
         for side in order(round, 2) {
             if n == 0 {
                 break;
             }
             if side == 0 && run_plain {
-                let r = within(
-                    "a plain throughput run",
-                    LIMIT,
-                    plain_throughput(broker, &ns, n),
-                )
-                .await;
-                line += &format!("  async-stomp {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
-                p = Some(r);
+                let run = plain_throughput(broker, &ns, n);
+                p = Some(within("a plain throughput run", LIMIT, run).await);
             }
             if side == 1 && run_tidings {
-                let r = within(
-                    "a tidings throughput run",
-                    LIMIT,
-                    tidings_throughput(broker, &ns, n),
-                )
-                .await;
-                line += &format!("  tidings {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
-                t = Some(r);
+                let run = tidings_throughput(broker, &ns, n);
+                t = Some(within("a tidings throughput run", LIMIT, run).await);
             }
         }
-        if let Some(p) = p {
-            plain_rate.push(p.0);
-            plain_cpu.push(p.1);
-        }
-        if let Some(t) = t {
-            tidings_rate.push(t.0);
-            tidings_cpu.push(t.1);
-        }
-        if let (Some(p), Some(t)) = (p, t) {
-            ratio.push(t.0 / p.0);
-            cpu_ratio.push(t.1 / p.1);
-            line += &format!("  ratio {:.3}  CPU ratio {:.3}", t.0 / p.0, t.1 / p.1);
-        }
         if n > 0 {
-            println!("{line}");
+            println!("{}", throughput.record(round, p, t));
         }
         if calls > 0 {
             let got = rpc(broker, &ns, calls, [run_plain, run_plain, run_tidings]).await;
-            let mut line = format!("  round {:>2}:", round + 1);
-            let mut medians = [None; 3];
-            for (i, samples) in got.into_iter().enumerate() {
-                if let Some(samples) = samples {
-                    let (a, b) = bench_support::p50_p99_ms(samples);
-                    p50[i].push(a);
-                    p99[i].push(b);
-                    medians[i] = Some(a);
-                    line += &format!("  {} {a:.3} / {b:.3}", RPC_NAMES[i]);
-                }
-            }
-            if let [Some(bare), Some(same), Some(tidings)] = medians {
-                vs_bare.push(tidings / bare);
-                vs_same.push(tidings / same);
-                line += &format!(
-                    "  p50 ratio vs bare {:.3}, vs same {:.3}",
-                    tidings / bare,
-                    tidings / same
-                );
-            }
-            rpc_lines.push(line);
+            rpc_lines.push(calls_table.record(round, got.map(|run| run.map(|l| (l, None)))));
         }
     }
     if n > 0 {
-        println!(
-            "  medians over {rounds} rounds (min–max):\n    async-stomp  {} msg/s, CPU {} \
-             µs/msg\n    tidings      {} msg/s, CPU {} µs/msg",
-            plain_rate.show(0),
-            plain_cpu.show(1),
-            tidings_rate.show(0),
-            tidings_cpu.show(1)
-        );
-        if !ratio.is_empty() {
-            println!(
-                "    throughput ratio tidings / plain {}\n    CPU ratio tidings / plain {}",
-                ratio.show(3),
-                cpu_ratio.show(3)
-            );
-        }
+        println!("{}", throughput.summary(rounds, ["", ""]));
     }
     if calls > 0 {
         println!(
@@ -689,25 +625,10 @@ async fn bench(broker: Broker, n: usize, calls: usize, rounds: usize, only: &str
         for line in rpc_lines {
             println!("{line}");
         }
-        println!("  medians over {rounds} rounds (min–max):");
-        for i in 0..3 {
-            if !p50[i].is_empty() {
-                println!(
-                    "    {:<11} p50 {} ms, p99 {} ms",
-                    RPC_NAMES[i],
-                    p50[i].show(3),
-                    p99[i].show(3)
-                );
-            }
-        }
-        if !vs_bare.is_empty() {
-            println!(
-                "    p50 ratio tidings / plain bare {}, tidings / plain same promises {} (below \
-                 1: tidings faster)",
-                vs_bare.show(3),
-                vs_same.show(3)
-            );
-        }
+        println!(
+            "{}",
+            calls_table.summary(rounds, "(below 1: tidings faster)")
+        );
     }
     let namespaces: Vec<String> = (0..rounds).map(|r| format!("{ns}-{r}")).collect();
     tokio::task::spawn_blocking(move || common::admin::purge(broker, &namespaces))
