@@ -16,7 +16,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
@@ -50,19 +50,20 @@ pub(crate) enum Sent {
 
 /// A confirm-mode channel, replaced when the broker closes it.
 struct ConfirmChannel {
-    current: Mutex<Option<Channel>>,
+    /// Shared behind an `Arc`: a publish takes one reference (a `Channel` clone is a dozen).
+    current: Mutex<Option<Arc<Channel>>>,
     reopen: tokio::sync::Mutex<()>,
 }
 
 impl ConfirmChannel {
     fn new(channel: Channel) -> Self {
         Self {
-            current: Mutex::new(Some(channel)),
+            current: Mutex::new(Some(Arc::new(channel))),
             reopen: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn live(&self) -> Option<Channel> {
+    fn live(&self) -> Option<Arc<Channel>> {
         self.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -87,7 +88,7 @@ impl ConfirmChannel {
 
     /// The channel, opened again if the broker closed it (for example after a publish to a
     /// deleted exchange).
-    async fn get(&self, connection: &Connection) -> lapin::Result<Channel> {
+    async fn get(&self, connection: &Connection) -> lapin::Result<Arc<Channel>> {
         if let Some(channel) = self.live() {
             return Ok(channel);
         }
@@ -99,6 +100,7 @@ impl ConfirmChannel {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        let channel = Arc::new(channel);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(channel.clone());
         Ok(channel)
     }
