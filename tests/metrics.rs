@@ -1,7 +1,7 @@
 //! The metrics layer counts what actually flowed: publishes, deliveries by outcome (with
 //! retries and dead letters), handler and call durations, calls by outcome (ok, remote error,
 //! no responders, timeout) and deliveries in flight — read back through `metrics-util`'s
-//! debugging recorder.
+//! debugging recorder; on the embedded broker and (with the amqp091 driver) on RabbitMQ.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +22,8 @@ type Series = (String, Vec<(String, String)>);
 /// samples collected.
 struct Recorded {
     snapshotter: Snapshotter,
+    /// Only series of this messaging system count (each broker's run has its own).
+    system: &'static str,
     values: HashMap<Series, f64>,
     samples: HashMap<Series, Vec<f64>>,
 }
@@ -57,7 +59,7 @@ impl Recorded {
     fn sum(&self, name: &str, with: &[(&str, &str)]) -> f64 {
         self.values
             .iter()
-            .filter(|((n, labels), _)| n == name && matches(labels, with))
+            .filter(|((n, labels), _)| n == name && self.ours(labels, with))
             .map(|(_, v)| v)
             .sum()
     }
@@ -66,9 +68,14 @@ impl Recorded {
     fn samples(&self, name: &str, with: &[(&str, &str)]) -> Vec<f64> {
         self.samples
             .iter()
-            .filter(|((n, labels), _)| n == name && matches(labels, with))
+            .filter(|((n, labels), _)| n == name && self.ours(labels, with))
             .flat_map(|(_, v)| v.iter().copied())
             .collect()
+    }
+
+    /// Whether a series of this run's system has the labels `with`.
+    fn ours(&self, labels: &[(String, String)], with: &[(&str, &str)]) -> bool {
+        matches(labels, &[("system", self.system)]) && matches(labels, with)
     }
 
     /// Takes snapshots until `done` holds (the layers count just after a handler returns).
@@ -90,6 +97,8 @@ fn matches(labels: &[(String, String)], with: &[(&str, &str)]) -> bool {
         .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && lv == v))
 }
 
+/// The same flow on each broker, one after the other: the recorder is the process's, and each
+/// run reads only the series of its own messaging system.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_match_the_messages_that_flowed() -> tidings::Result<()> {
     let recorder = DebuggingRecorder::new();
@@ -97,13 +106,24 @@ async fn counters_match_the_messages_that_flowed() -> tidings::Result<()> {
     recorder.install().expect("the only recorder");
     let mut recorded = Recorded {
         snapshotter,
+        system: "",
         values: HashMap::new(),
         samples: HashMap::new(),
     };
+    counters_match_on(&mut recorded, "memory://metrics-test").await?;
+    #[cfg(feature = "amqp091")]
+    {
+        let namespace = tidings_conformance::rabbitmq::Namespace::on_amqp091_broker("metrics");
+        counters_match_on(&mut recorded, namespace.url()).await?;
+    }
+    Ok(())
+}
 
-    let plain = tidings::connect("memory://metrics-test").await?;
+async fn counters_match_on(recorded: &mut Recorded, url: &str) -> tidings::Result<()> {
+    let plain = tidings::connect(url).await?;
     let bus = plain.with_layer(MetricsLayer::new().destination_words(2));
     let system = bus.provider().system();
+    recorded.system = system;
 
     // Succeeds on the third attempt: two retries.
     let tries = Arc::new(AtomicU32::new(0));
@@ -321,6 +341,7 @@ async fn counters_match_the_messages_that_flowed() -> tidings::Result<()> {
     bus.shutdown().await?;
     recorded.take();
     assert_eq!(recorded.sum(names::IN_FLIGHT, &[]), 0.0);
+    println!("{system}: every metric matched what flowed");
     Ok(())
 }
 
