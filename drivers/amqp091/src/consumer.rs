@@ -410,7 +410,12 @@ impl AmqpConsumer {
 impl Consumer for AmqpConsumer {
     fn next(&mut self) -> Completion<'_, Option<Delivery>> {
         if let Some(delivery) = self.buffered() {
-            return Completion::ready(Some(delivery));
+            // `done`, not `ready`: a ready completion can be pending on tokio's budget, and
+            // the worker's select could then drop it, and the delivery in it, when it stops
+            // (the broker would redeliver it as a new attempt instead of its being given
+            // back). The later path below never holds a delivery while pending either; the
+            // handler's settle yields anyway.
+            return Completion::done(Some(delivery));
         }
         Completion::later(async move {
             loop {
