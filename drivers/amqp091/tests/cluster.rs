@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -148,16 +148,31 @@ async fn consume_group(bus: &Bus, group: &str) -> (tidings_core::Subscription, A
     (subscription, seen)
 }
 
-/// Publishes `0..total` on `bus`, one every 2 ms (so node losses land mid-stream), at most 64
-/// waiting for their confirm; a publish that fails is published again, as a program would
-/// (counted in `failed`), so a message is lost only if a publish that returned `Ok` never
-/// arrives. `confirmed` counts publishes the broker confirmed.
-async fn publish_all(bus: Bus, total: u32, confirmed: Arc<AtomicU32>, failed: Arc<AtomicU32>) {
-    let started = tokio::time::Instant::now();
+/// Publishes `0..total` on `bus`, one every 2 ms (so node losses land mid-stream) while
+/// `paused` is not set, at most 64 waiting for their confirm; a publish that fails is published
+/// again, as a program would (counted in `failed`), so a message is lost only if a publish that
+/// returned `Ok` never arrives. `confirmed` counts publishes the broker confirmed.
+async fn publish_all(
+    bus: Bus,
+    total: u32,
+    confirmed: Arc<AtomicU32>,
+    failed: Arc<AtomicU32>,
+    paused: Arc<AtomicBool>,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(2));
+    // After a pause the pace goes on, rather than catching up in a burst.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ticks = Arc::new(tokio::sync::Mutex::new(ticks));
     futures::stream::iter(0..total)
-        .then(|n| async move {
-            tokio::time::sleep_until(started + Duration::from_millis(2) * n).await;
-            n
+        .then(|n| {
+            let (ticks, paused) = (ticks.clone(), paused.clone());
+            async move {
+                while paused.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                ticks.lock().await.tick().await;
+                n
+            }
         })
         .for_each_concurrent(64, |n| {
             let bus = bus.clone();
@@ -209,11 +224,13 @@ async fn killing_the_consumers_node_then_the_publishers_loses_nothing() {
 
     let confirmed = Arc::new(AtomicU32::new(0));
     let failed = Arc::new(AtomicU32::new(0));
+    let paused = Arc::new(AtomicBool::new(false));
     let publishing = tokio::spawn(publish_all(
         publisher.clone(),
         TOTAL,
         confirmed.clone(),
         failed.clone(),
+        paused.clone(),
     ));
 
     wait_until(&confirmed, TOTAL / 3).await;
@@ -231,11 +248,20 @@ async fn killing_the_consumers_node_then_the_publishers_loses_nothing() {
     .expect("the consumer's bus moves to a live node")
     .expect("status");
     let consumer_moved = killed_consumer_node.elapsed();
+    // Publishing waits while the node starts again (10-15 s): the publisher's node must die
+    // mid-stream, and with two nodes down the quorum queue could not take publishes anyway.
+    paused.store(true, Ordering::Relaxed);
     on_cluster(move || consumer_node.start()).await;
+    paused.store(false, Ordering::Relaxed);
     let consumer_recovery = seen.recovery();
 
     wait_until(&confirmed, 2 * TOTAL / 3).await;
     let confirmed_before = confirmed.load(Ordering::Relaxed);
+    assert!(
+        confirmed_before < TOTAL - 1_000,
+        "publishing ran ahead: {confirmed_before} of {TOTAL} confirmed before the publisher's \
+         node was killed"
+    );
     let killed_publisher_node = Instant::now();
     on_cluster(move || publisher_node.kill()).await;
     // Past the publishes that were in flight when the node died.
