@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bench_support::{order, p50_p99_ms, process_cpu, within, Phase, Series};
+use bench_support::{order, process_cpu, within, Phase, RpcTable, ThroughputTable};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -596,74 +596,25 @@ async fn throughput_rounds(messages: usize, rounds: usize, sides: Sides, how: Th
         }
     );
     println!("  rates in msg/s, client CPU (user + system, whole process) in µs per message");
-    let (mut plain_rate, mut tidings_rate) = (Series::default(), Series::default());
-    let (mut plain_cpu, mut tidings_cpu) = (Series::default(), Series::default());
-    let (mut ratio, mut cpu_ratio) = (Series::default(), Series::default());
+    let mut table = ThroughputTable::new("plain lapin");
     for round in 0..rounds {
-        let mut line = format!("  round {:>2}:", round + 1);
         let (mut p, mut t) = (None, None);
         for side in order(round, 2) {
             if side == 0 && sides.plain {
-                let r = within(
-                    "a plain throughput run",
-                    LIMIT,
-                    lapin_throughput(messages, how),
-                )
-                .await;
-                line += &format!("  plain lapin {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
-                p = Some(r);
+                let run = lapin_throughput(messages, how);
+                p = Some(within("a plain throughput run", LIMIT, run).await);
             }
             if side == 1 && sides.tidings {
-                let r = within(
-                    "a tidings throughput run",
-                    LIMIT,
-                    tidings_throughput(messages, how),
-                )
-                .await;
-                line += &format!("  tidings {:>6.0} msg/s {:>5.1} µs", r.0, r.1);
-                t = Some(r);
+                let run = tidings_throughput(messages, how);
+                t = Some(within("a tidings throughput run", LIMIT, run).await);
             }
         }
-        if let Some(p) = p {
-            plain_rate.push(p.0);
-            plain_cpu.push(p.1);
-        }
-        if let Some(t) = t {
-            tidings_rate.push(t.0);
-            tidings_cpu.push(t.1);
-        }
-        if let (Some(p), Some(t)) = (p, t) {
-            ratio.push(t.0 / p.0);
-            cpu_ratio.push(t.1 / p.1);
-            line += &format!(
-                "  ratio {:.3}  CPU ratio {:.3}{}",
-                t.0 / p.0,
-                t.1 / p.1,
-                if round % 2 == 0 {
-                    "  (plain first)"
-                } else {
-                    "  (tidings first)"
-                }
-            );
-        }
-        println!("{line}");
+        println!("{}", table.record(round, p, t));
     }
     println!(
-        "  medians over {rounds} rounds (min–max):\n    plain lapin  {} msg/s, CPU {} µs/msg\n    \
-         tidings      {} msg/s, CPU {} µs/msg",
-        plain_rate.show(0),
-        plain_cpu.show(1),
-        tidings_rate.show(0),
-        tidings_cpu.show(1)
+        "{}",
+        table.summary(rounds, ["(target >= 0.95)", "(target <= 1.0)"])
     );
-    if !ratio.is_empty() {
-        println!(
-            "    throughput ratio tidings / lapin {} (target >= 0.95)\n    CPU ratio tidings / \
-             lapin {} (target <= 1.0)",
-            ratio.show(3),
-            cpu_ratio.show(3)
-        );
-    }
 }
 
 async fn rpc_rounds(calls: usize, rounds: usize, sides: Sides) {
@@ -672,14 +623,9 @@ async fn rpc_rounds(calls: usize, rounds: usize, sides: Sides) {
          lapin bare (no confirms, no durable queue) and guarded (tidings' promises); p50 / p99 in \
          ms, client CPU per call in µs"
     );
-    let names = ["lapin bare", "lapin guarded", "tidings"];
-    let mut p50 = [Series::default(), Series::default(), Series::default()];
-    let mut p99 = p50.clone();
-    let mut cpu = p50.clone();
-    let (mut vs_bare, mut vs_guarded) = (Series::default(), Series::default());
+    let mut table = RpcTable::new(["lapin bare", "lapin guarded", "tidings"]);
     for round in 0..rounds {
-        let mut line = format!("  round {:>2}:", round + 1);
-        let mut got = [None; 3];
+        let mut got = [None, None, None];
         for side in order(round, 3) {
             let run = match side {
                 0 if sides.plain => {
@@ -691,47 +637,11 @@ async fn rpc_rounds(calls: usize, rounds: usize, sides: Sides) {
                 2 if sides.tidings => within("a tidings RPC run", LIMIT, tidings_rpc(calls)).await,
                 _ => continue,
             };
-            let (a, b) = p50_p99_ms(run.0);
-            got[side] = Some((a, b, run.1));
+            got[side] = Some((run.0, Some(run.1)));
         }
-        for (side, got) in got.iter().enumerate() {
-            if let Some((a, b, c)) = got {
-                p50[side].push(*a);
-                p99[side].push(*b);
-                cpu[side].push(*c);
-                line += &format!("  {} {a:.3} / {b:.3} ({c:.0} µs)", names[side]);
-            }
-        }
-        if let [Some(bare), Some(guarded), Some(tidings)] = got {
-            vs_bare.push(tidings.0 / bare.0);
-            vs_guarded.push(tidings.0 / guarded.0);
-            line += &format!(
-                "  p50 ratio vs bare {:.3}, vs guarded {:.3}",
-                tidings.0 / bare.0,
-                tidings.0 / guarded.0
-            );
-        }
-        println!("{line}");
+        println!("{}", table.record(round, got));
     }
-    println!("  medians over {rounds} rounds (min–max):");
-    for side in 0..3 {
-        if !p50[side].is_empty() {
-            println!(
-                "    {:<14} p50 {} ms, p99 {} ms, CPU {} µs/call",
-                names[side],
-                p50[side].show(3),
-                p99[side].show(3),
-                cpu[side].show(0)
-            );
-        }
-    }
-    if !vs_bare.is_empty() {
-        println!(
-            "    p50 ratio tidings / bare {} (target <= 1.1), tidings / guarded {}",
-            vs_bare.show(3),
-            vs_guarded.show(3)
-        );
-    }
+    println!("{}", table.summary(rounds, "(target <= 1.1 vs bare)"));
 }
 
 async fn run() {
