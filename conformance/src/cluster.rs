@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::rabbitmq::Management;
+
 /// The cluster's nodes, 1 to 3.
 pub const NODES: [Node; 3] = [Node(1), Node(2), Node(3)];
 
@@ -112,6 +114,49 @@ pub struct RestartOnDrop;
 impl Drop for RestartOnDrop {
     fn drop(&mut self) {
         let _ = Command::new("bash").arg(script()).arg("start").output();
+    }
+}
+
+/// The cluster node a `Connected` status names (by its AMQP or STOMP port); `None` when not
+/// connected, or connected elsewhere.
+pub fn node_in(status: &tidings_core::Status) -> Option<Node> {
+    let tidings_core::Status::Connected { node } = status else {
+        return None;
+    };
+    node.rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .and_then(Node::of_port)
+}
+
+/// Deletes a test's namespace (the exchange `exchange` and its queues) through the management
+/// API of the first node that answers: whichever node a test killed may still be down.
+/// Blocking.
+pub fn delete_namespace(exchange: &str) -> Result<(), String> {
+    let mut errors = Vec::new();
+    for n in NODES {
+        let url = format!(
+            "amqp://guest:guest@127.0.0.1:{}/%2f?management={}",
+            n.amqp_port(),
+            n.management()
+        );
+        match Management::for_broker(&url).and_then(|m| m.delete_namespace(exchange)) {
+            Ok(()) => return Ok(()),
+            Err(e) => errors.push(format!("node {}: {e}", n.0)),
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// Deletes a test's namespace when dropped ([`delete_namespace`]), so a failing test leaves
+/// nothing behind either.
+#[derive(Debug)]
+pub struct DeleteOnDrop(pub String);
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = delete_namespace(&self.0) {
+            eprintln!("cleanup of {}: {e}", self.0);
+        }
     }
 }
 

@@ -11,10 +11,9 @@
 
 use std::time::{Duration, Instant};
 
-use tidings_core::{Bus, Result, Status};
+use tidings_core::{Bus, Result};
 
-use crate::cluster::{self, Node, NODES};
-use crate::rabbitmq::Management;
+use crate::cluster::{self, node_in, DeleteOnDrop, Node, NODES};
 use crate::BoxFuture;
 
 /// How a driver's test reaches the cluster.
@@ -57,7 +56,7 @@ pub async fn calls_work_after_the_callers_node_is_killed(driver: Driver) -> Call
         .expect("the test cluster");
     let restart = cluster::RestartOnDrop;
     let exchange = format!("fault-rpc-{}", crate::support::unique_tag());
-    let cleanup = Cleanup(exchange.clone());
+    let cleanup = DeleteOnDrop(exchange.clone());
     let client = (driver.connect)((driver.url)(&NODES, &exchange))
         .await
         .expect("connect the caller to the cluster");
@@ -170,35 +169,5 @@ pub async fn calls_work_after_the_callers_node_is_killed(driver: Driver) -> Call
         failed,
         failed_within,
         recovered,
-    }
-}
-
-/// The cluster node a `Connected` status names (by its AMQP or STOMP port).
-pub fn node_in(status: &Status) -> Option<Node> {
-    let Status::Connected { node } = status else {
-        return None;
-    };
-    node.rsplit_once(':')
-        .and_then(|(_, port)| port.parse().ok())
-        .and_then(Node::of_port)
-}
-
-/// Deletes the namespace's exchange and queues, through the first node's management API that
-/// answers, when dropped.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for n in NODES {
-            let url = format!(
-                "amqp://guest:guest@127.0.0.1:{}/%2f?management={}",
-                n.amqp_port(),
-                n.management()
-            );
-            match Management::for_broker(&url).and_then(|m| m.delete_namespace(&self.0)) {
-                Ok(()) => return,
-                Err(e) => eprintln!("cleanup of {} on node {}: {e}", self.0, n.0),
-            }
-        }
     }
 }

@@ -38,14 +38,9 @@ fn cluster_url(exchange: &str) -> String {
 
 /// The node `bus` is connected to, from its status.
 fn node_of(bus: &Bus) -> Node {
-    match &*bus.status().borrow() {
-        Status::Connected { node } => node
-            .rsplit_once(':')
-            .and_then(|(_, port)| port.parse().ok())
-            .and_then(Node::of_port)
-            .unwrap_or_else(|| panic!("connected to {node}, not a node of the test cluster")),
-        other => panic!("not connected: {other:?}"),
-    }
+    let status = bus.status().borrow().clone();
+    cluster::node_in(&status)
+        .unwrap_or_else(|| panic!("{status:?}: not connected to a node of the test cluster"))
 }
 
 /// The status of a bus connected to `node`.

@@ -19,23 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tidings_conformance::cluster::{self, Node, NODES};
-use tidings_core::{Bus, Status};
-
-/// Deletes the test's exchange and queues through a node's management API when dropped.
-struct Cleanup {
-    url: String,
-    exchange: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let outcome = tidings_conformance::rabbitmq::Management::for_broker(&self.url)
-            .and_then(|m| m.delete_namespace(&self.exchange));
-        if let Err(e) = outcome {
-            eprintln!("cleanup of {}: {e}", self.exchange);
-        }
-    }
-}
+use tidings_core::Bus;
 
 /// The one-host URL of `node`, with its own management API. A one-host URL declares classic
 /// queues unless told otherwise: on a cluster it says `queue-type=quorum`, as the 3-host URL
@@ -56,16 +40,6 @@ fn cluster_url(query: &str) -> String {
         cluster::hosts(Node::amqp_port),
         apis.join(",")
     )
-}
-
-/// The node a `Connected` status names.
-fn node_of(status: &Status) -> Option<Node> {
-    let Status::Connected { node } = status else {
-        return None;
-    };
-    node.rsplit_once(':')
-        .and_then(|(_, port)| port.parse().ok())
-        .and_then(Node::of_port)
 }
 
 /// The type of queue `name` as `node`'s management API lists it.
@@ -113,13 +87,10 @@ async fn node_loss(on_cluster: OnCluster) {
             .expect("the cluster answers"),
     );
     let mut status = moving.status();
-    let doomed = node_of(&status.borrow_and_update()).expect("the bus is connected");
-    // The other bus on another node, which stays up; the cleanup through it.
+    let doomed = cluster::node_in(&status.borrow_and_update()).expect("the bus is connected");
+    // The other bus on another node, which stays up.
     let survivor = Node(doomed.0 % 3 + 1);
-    let _cleanup = Cleanup {
-        url: node_url(survivor, &query),
-        exchange: exchange.clone(),
-    };
+    let _cleanup = cluster::DeleteOnDrop(exchange.clone());
     let staying = Bus::new(
         tidings_amqp10::connect(&node_url(survivor, &query))
             .await
@@ -205,7 +176,7 @@ async fn node_loss(on_cluster: OnCluster) {
     );
     let moved = tokio::time::timeout(
         Duration::from_secs(60),
-        status.wait_for(|s| node_of(s).is_some_and(|n| n != doomed)),
+        status.wait_for(|s| cluster::node_in(s).is_some_and(|n| n != doomed)),
     )
     .await
     .expect("the bus on the 3-host url moves to another node within 60 s")

@@ -310,39 +310,12 @@ async fn activemq_connection_cut_while_10k_flow_to_a_group() {
     connection_cut_while_10k_flow_to_a_group(Broker::ActiveMq).await;
 }
 
-/// The test cluster node whose STOMP port `address` (`127.0.0.1:61683`) names.
-fn cluster_node_of(address: &str) -> Node {
-    address
-        .rsplit_once(':')
-        .and_then(|(_, port)| port.parse().ok())
-        .and_then(Node::of_port)
-        .unwrap_or_else(|| panic!("{address} is no cluster node"))
-}
-
 /// `stomp://guest:guest@<nodes>/?...` for the given test cluster nodes, in that order.
 fn cluster_url(nodes: &[Node], options: &str) -> String {
     format!(
         "stomp://guest:guest@{}/?{options}",
         cluster::hosts_of(nodes, Node::stomp_port)
     )
-}
-
-/// Deletes the namespace's queues through the management API of the first node of `nodes`
-/// that answers.
-fn cluster_cleanup(nodes: &[Node], namespace: &str) {
-    for n in nodes {
-        let broker = format!(
-            "{}&management={}",
-            cluster_url(&[*n], &format!("exchange={namespace}")),
-            n.management()
-        );
-        let deleted = tidings_conformance::rabbitmq::Management::for_broker(&broker)
-            .and_then(|m| m.delete_namespace(namespace));
-        match deleted {
-            Ok(()) => return,
-            Err(e) => eprintln!("cleanup of {namespace} on node {}: {e}", n.0),
-        }
-    }
 }
 
 /// Node loss on the 3-node RabbitMQ cluster: persistent messages flow to a durable group (a
@@ -369,10 +342,8 @@ async fn rabbitmq_cluster_consumers_node_killed_mid_stream_loses_nothing() {
             .expect("connect consumer to the cluster"),
     );
     let mut consumer_status = consumer.status();
-    let victim = match &*consumer_status.borrow_and_update() {
-        Status::Connected { node } => cluster_node_of(node),
-        other => panic!("consumer status after connect: {other:?}"),
-    };
+    let victim = cluster::node_in(&consumer_status.borrow_and_update())
+        .expect("the consumer is connected to a node of the cluster");
     // The publisher: one node that stays up (a one-host URL, so it is that node).
     let stays = if victim == Node(1) { Node(2) } else { Node(1) };
     let publisher = Bus::new(
@@ -447,9 +418,7 @@ async fn rabbitmq_cluster_consumers_node_killed_mid_stream_loses_nothing() {
     // The consumer moves to another node.
     let moved_to = tokio::time::timeout(
         Duration::from_secs(60),
-        consumer_status.wait_for(
-            |s| matches!(s, Status::Connected { node } if cluster_node_of(node) != victim),
-        ),
+        consumer_status.wait_for(|s| cluster::node_in(s).is_some_and(|n| n != victim)),
     )
     .await
     .expect("the consumer reconnected to another node within 60 s")
@@ -506,10 +475,11 @@ async fn rabbitmq_cluster_consumers_node_killed_mid_stream_loses_nothing() {
     .expect("restart");
     tokio::task::spawn_blocking({
         let namespace = namespace.clone();
-        move || cluster_cleanup(&[stays, victim], &namespace)
+        move || cluster::delete_namespace(&namespace)
     })
     .await
-    .expect("cleanup");
+    .expect("cleanup")
+    .unwrap_or_else(|e| eprintln!("cleanup of {namespace}: {e}"));
     assert!(
         failures.is_empty(),
         "{} publishes failed, e.g. {:?}",
