@@ -152,8 +152,8 @@ async fn run(
             _ = stop.cancelled() => return,
             live = shared.live_after(after) => match live { Some(l) => l, None => return },
         };
-        if let Some(renew) = renew.as_ref().filter(|_| spec_for.is_some()) {
-            if spec_for != Some(live.generation) {
+        if let (Some(renew), Some(made_for)) = (&renew, spec_for) {
+            if made_for != live.generation {
                 spec = Arc::new((renew.0)(live.generation));
             }
         }
