@@ -21,7 +21,9 @@
 //! `--side plain|tidings` (one side only, for callgrind or perf), `--publish-only` (no consumer:
 //! the messages stay in the durable queue until it is deleted; measures the publish path),
 //! `--plain-metadata` (the plain messages carry what tidings adds on the wire: a tidings-style
-//! message id, the timestamp property and the `tidings-timestamp-ms` header), `--no-warmup`,
+//! message id, the timestamp property and the `tidings-timestamp-ms` header),
+//! `--plain-queued-acks` (the plain consumer acks as tidings does, `Channel::basic_ack` queued
+//! and not awaited, instead of lapin's documented `Delivery::ack(..).await`), `--no-warmup`,
 //! `--queue-type classic|quorum` (the durable queues of both sides), `--cluster` (the test
 //! cluster of scripts/cluster.sh, tidings on all three nodes' URL and plain lapin on the first
 //! node; the whole run on classic queues, then on quorum queues).
@@ -171,6 +173,9 @@ struct Throughput {
     consume: bool,
     /// The plain messages carry tidings' metadata.
     plain_metadata: bool,
+    /// The plain consumer acks as tidings does: `Channel::basic_ack` queued, its write not
+    /// awaited (instead of lapin's documented `Delivery::ack(..).await`).
+    plain_queued_acks: bool,
 }
 
 /// Messages per second and client CPU µs per message through tidings.
@@ -260,10 +265,15 @@ async fn lapin_throughput(n: usize, how: Throughput) -> (f64, f64) {
             )
             .await
             .unwrap();
+        let channel = consumer_channel.clone();
         Some(tokio::spawn(async move {
             let mut count = 0;
             while let Some(Ok(delivery)) = consumer.next().await {
-                delivery.ack(BasicAckOptions::default()).await.unwrap();
+                if how.plain_queued_acks {
+                    queue_ack(&channel, delivery.delivery_tag);
+                } else {
+                    delivery.ack(BasicAckOptions::default()).await.unwrap();
+                }
                 count += 1;
                 if count == n {
                     break;
@@ -320,6 +330,17 @@ async fn lapin_throughput(n: usize, how: Throughput) -> (f64, f64) {
     let _ = conn.close(200, "bench".into()).await;
     cleanup(&exchange).await;
     measured
+}
+
+/// Acks `tag` the way tidings' driver does: the first poll of `basic_ack` checks the channel
+/// and queues the frame; lapin writes it with the next frames, unawaited.
+fn queue_ack(channel: &lapin::Channel, tag: u64) {
+    use std::future::Future;
+    let ack = std::pin::pin!(channel.basic_ack(tag, BasicAckOptions::default()));
+    let waker = futures::task::noop_waker();
+    if let std::task::Poll::Ready(Err(e)) = ack.poll(&mut std::task::Context::from_waker(&waker)) {
+        panic!("ack: {e}");
+    }
 }
 
 /// Sequential call latencies through tidings, and client CPU µs per call.
@@ -595,6 +616,14 @@ async fn throughput_rounds(messages: usize, rounds: usize, sides: Sides, how: Th
             ""
         }
     );
+    println!(
+        "  plain acks {}",
+        if how.plain_queued_acks {
+            "as tidings does: Channel::basic_ack queued, its write not awaited"
+        } else {
+            "with lapin's documented Delivery::ack(..).await (through lapin's internal task)"
+        }
+    );
     println!("  rates in msg/s, client CPU (user + system, whole process) in µs per message");
     let mut table = ThroughputTable::new("plain lapin");
     for round in 0..rounds {
@@ -656,6 +685,7 @@ async fn run() {
     let how = Throughput {
         consume: !flag("--publish-only"),
         plain_metadata: flag("--plain-metadata"),
+        plain_queued_acks: flag("--plain-queued-acks"),
     };
     println!(
         "RabbitMQ at {}; load average {}",
