@@ -31,6 +31,7 @@ mod inbox;
 mod provider;
 mod publisher;
 mod session;
+mod settle;
 mod topology;
 mod wire;
 

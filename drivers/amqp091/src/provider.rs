@@ -11,9 +11,10 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::connection::{closed, Shared};
-use crate::consumer::{self, DeadTarget, SubSpec};
+use crate::consumer::{self, SubSpec};
 use crate::inbox::{ReplyInbox, DIRECT_REPLY_TO};
 use crate::publisher::{publish, Target};
+use crate::settle::DeadTarget;
 use crate::topology::{dead_queue, group_queue, QueueKind};
 
 /// How many dead letters a reader may hold unsettled.

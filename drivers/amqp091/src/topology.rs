@@ -16,12 +16,9 @@
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
-use std::sync::Arc;
 
 use tidings_core::{Error, ErrorKind, Result};
-use tokio::time::Instant;
 
-use crate::connection::Shared;
 use crate::errors::transport;
 use tidings_plumbing::queue_type::{QueueType, DELIVERY_LIMIT};
 
@@ -208,40 +205,6 @@ pub(crate) async fn bind(
                 e,
             )
         })
-}
-
-/// Declares the durable dead-letter queue `queue` once per connection.
-pub(crate) async fn ensure_dead_queue(shared: &Arc<Shared>, queue: &str) -> Result<()> {
-    let deadline = Instant::now() + shared.config.publish_timeout;
-    let session = shared.session_after(0, deadline).await?;
-    if session.mark_declared(queue) {
-        return Ok(());
-    }
-    let result = async {
-        let channel = session.connection.create_channel().await.map_err(|e| {
-            transport(
-                ErrorKind::Connection,
-                format!("cannot open a channel: {e}"),
-                e,
-            )
-        })?;
-        let declared = declare_queue(
-            &channel,
-            queue,
-            &QueueKind::DeadLetters,
-            shared.config.queue_type,
-        )
-        .await;
-        if channel.status().connected() {
-            let _ = channel.close(200, "declared".into()).await;
-        }
-        declared.map(|_| ())
-    }
-    .await;
-    if result.is_err() {
-        session.forget_declared(queue);
-    }
-    result
 }
 
 #[cfg(test)]
