@@ -15,7 +15,7 @@ use tidings_core::driver::{
 use tidings_core::{async_trait, Capabilities, Envelope, Error, ErrorKind, Pattern, Result};
 use tokio::sync::{mpsc, watch};
 
-use crate::queue::{DeadLetterTarget, Handed, MemorySettle, Queue};
+use crate::queue::{DeadLetterTarget, Handed, MemorySettle, Queue, Queues};
 
 static IDS: AtomicU64 = AtomicU64::new(1);
 
@@ -34,9 +34,7 @@ struct Binding {
 pub(crate) struct Broker {
     /// Immutable snapshot, swapped whole when bindings change: publishers never lock.
     bindings: ArcSwap<Vec<Binding>>,
-    /// Named queues; locked only to create, find or delete one.
-    queues: Mutex<HashMap<String, Arc<Queue>>>,
-    me: Weak<Broker>,
+    queues: Arc<Queues>,
 }
 
 impl Broker {
@@ -49,29 +47,17 @@ impl Broker {
         brokers
             .entry(name.to_owned())
             .or_insert_with(|| {
-                Arc::new_cyclic(|me| Broker {
+                Arc::new(Broker {
                     bindings: ArcSwap::from_pointee(Vec::new()),
-                    queues: Mutex::new(HashMap::new()),
-                    me: me.clone(),
+                    queues: Queues::new(),
                 })
             })
             .clone()
     }
 
-    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Queue>>> {
-        self.queues.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Finds or creates the queue `name`.
     fn declare(&self, name: &str, durable: bool) -> Arc<Queue> {
-        self.queues()
-            .entry(name.to_owned())
-            .or_insert_with(|| Queue::new(name.to_owned(), durable, self.me.clone()))
-            .clone()
-    }
-
-    pub(crate) fn dead_letter_queue(&self, name: &str) -> Arc<Queue> {
-        self.declare(&format!("dead.{name}"), true)
+        self.queues.declare(name, durable)
     }
 
     fn bind(&self, pattern: &Pattern, queue: &Arc<Queue>) {
@@ -91,14 +77,7 @@ impl Broker {
 
     /// Removes a queue and its bindings.
     fn delete(&self, queue: &Arc<Queue>) {
-        let mut queues = self.queues();
-        if queues
-            .get(&queue.name)
-            .is_some_and(|q| Arc::ptr_eq(q, queue))
-        {
-            queues.remove(&queue.name);
-        }
-        drop(queues);
+        self.queues.remove(queue);
         self.bindings.rcu(|old| {
             old.iter()
                 .filter(|b| !Arc::ptr_eq(&b.queue, queue))
@@ -302,7 +281,7 @@ impl Provider for MemoryProvider {
 
     async fn reply(&self, address: &str, envelope: Envelope) -> Result<()> {
         self.check_open()?;
-        let queue = self.broker.queues().get(address).cloned();
+        let queue = self.broker.queues.get(address);
         match queue {
             Some(queue) => queue.push(Arc::new(envelope)),
             None => tracing::debug!(address, "reply to a gone inbox dropped"),
@@ -312,7 +291,7 @@ impl Provider for MemoryProvider {
 
     async fn dead_letters(&self, name: &str) -> Result<Box<dyn Consumer>> {
         self.check_open()?;
-        let queue = self.broker.dead_letter_queue(name);
+        let queue = self.broker.queues.dead_letters(name);
         Ok(self.consume(
             queue,
             64,

@@ -1,4 +1,5 @@
-//! One queue: ready messages, consumers with prefetch credit, and unsettled deliveries.
+//! One queue (ready messages, consumers with prefetch credit, unsettled deliveries) and the
+//! named queues of a broker.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
@@ -7,8 +8,6 @@ use tidings_core::driver::{Completion, Outcome, Settle};
 use tidings_core::envelope::now_ms;
 use tidings_core::{Envelope, Result};
 use tokio::sync::mpsc;
-
-use crate::broker::Broker;
 
 /// A message handed to a consumer: its delivery tag and the shared envelope. The consumer
 /// wraps it into a [`Delivery`] on its own thread, so the publisher never touches the reference
@@ -76,19 +75,66 @@ pub(crate) struct Queue {
     /// Kept (with its messages) when the last consumer leaves.
     pub(crate) durable: bool,
     state: Mutex<State>,
-    broker: Weak<Broker>,
+    /// The queues it belongs to: where its dead letters go.
+    siblings: Weak<Queues>,
 }
 
-impl Queue {
-    pub(crate) fn new(name: String, durable: bool, broker: Weak<Broker>) -> Arc<Self> {
-        Arc::new(Self {
-            name,
-            durable,
-            state: Mutex::new(State::default()),
-            broker,
+/// The named queues of one broker; locked only to create, find or delete one.
+pub(crate) struct Queues {
+    by_name: Mutex<HashMap<String, Arc<Queue>>>,
+    me: Weak<Queues>,
+}
+
+impl Queues {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            by_name: Mutex::new(HashMap::new()),
+            me: me.clone(),
         })
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Queue>>> {
+        self.by_name.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Finds or creates the queue `name`.
+    pub(crate) fn declare(&self, name: &str, durable: bool) -> Arc<Queue> {
+        self.lock()
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Queue {
+                    name: name.to_owned(),
+                    durable,
+                    state: Mutex::new(State::default()),
+                    siblings: self.me.clone(),
+                })
+            })
+            .clone()
+    }
+
+    /// The queue `name`, if it exists.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Queue>> {
+        self.lock().get(name).cloned()
+    }
+
+    /// The durable queue that holds the dead letters of `name`.
+    pub(crate) fn dead_letters(&self, name: &str) -> Arc<Queue> {
+        self.declare(&format!("dead.{name}"), true)
+    }
+
+    /// Forgets `queue`, unless another queue took its name meanwhile.
+    pub(crate) fn remove(&self, queue: &Arc<Queue>) {
+        let mut by_name = self.lock();
+        if by_name
+            .get(&queue.name)
+            .is_some_and(|q| Arc::ptr_eq(q, queue))
+        {
+            by_name.remove(&queue.name);
+        }
+    }
+}
+
+impl Queue {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave State half-updated in a way that matters
         // more than losing the broker, so recover the guard instead of propagating the poison.
@@ -226,11 +272,11 @@ impl Queue {
             }
             Outcome::DeadLetter { reason } => {
                 let dead = Arc::unwrap_or_clone(envelope).into_dead_letter(&reason, &target.from);
-                if let Some(broker) = self.broker.upgrade() {
+                if let Some(queues) = self.siblings.upgrade() {
                     // Another queue's lock: release ours first so two queues never lock in turn.
                     self.dispatch(&mut state, None);
                     drop(state);
-                    broker.dead_letter_queue(&target.queue).push(Arc::new(dead));
+                    queues.dead_letters(&target.queue).push(Arc::new(dead));
                     return;
                 }
             }
