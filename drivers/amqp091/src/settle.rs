@@ -104,14 +104,13 @@ impl AmqpSettle {
         }
         envelope.attempt = envelope.attempt.saturating_add(attempt_step);
         envelope.headers.extend(headers);
-        publish(
-            &self.shared,
-            &Target::queue(&self.queue)?,
-            &envelope,
-            false,
-            None,
-        )
-        .await?;
+        self.replace_with(&self.queue, &envelope).await
+    }
+
+    /// Publishes `copy` straight to `queue` and, once the broker confirmed it, acks the
+    /// original: a crash in between leaves both, never neither.
+    async fn replace_with(&self, queue: &str, copy: &tidings_core::Envelope) -> Result<()> {
+        publish(&self.shared, &Target::queue(queue)?, copy, false, None).await?;
         self.ack()
     }
 }
@@ -156,15 +155,7 @@ impl AmqpSettle {
                 };
                 let letter = self.envelope().into_dead_letter(&reason, &dead.from);
                 ensure_dead_queue(&self.shared, &dead.queue).await?;
-                publish(
-                    &self.shared,
-                    &Target::queue(&dead.queue)?,
-                    &letter,
-                    false,
-                    None,
-                )
-                .await?;
-                self.ack()
+                self.replace_with(&dead.queue, &letter).await
             }
             other => Err(other.unsupported()),
         }
