@@ -136,8 +136,7 @@ impl AmqpSettle {
         self.acker.poisoned().then(lost_before_settle)
     }
 
-    /// Every outcome but an ack: each publishes a copy first. A separate future from the ack's,
-    /// which stays small (it is moved into its box on every delivery).
+    /// Every outcome but an ack (which needs no future): each publishes a copy first.
     async fn settle_with_copy(self: Box<Self>, outcome: Outcome) -> Result<()> {
         if let Some(e) = self.unsettleable() {
             return Err(e);
@@ -177,7 +176,7 @@ impl Settle for AmqpSettle {
 }
 
 /// Declares the durable dead-letter queue `queue` once per connection.
-pub(crate) async fn ensure_dead_queue(shared: &Arc<Shared>, queue: &str) -> Result<()> {
+async fn ensure_dead_queue(shared: &Arc<Shared>, queue: &str) -> Result<()> {
     let deadline = Instant::now() + shared.config.publish_timeout;
     let session = shared.session_after(0, deadline).await?;
     if session.mark_declared(queue) {
