@@ -160,11 +160,8 @@ mod rabbitmq {
 
     use tidings_conformance::rabbitmq::Namespace;
 
-    use super::{stderr, tidings};
-
-    fn run(url: &str, args: &[&str]) -> std::process::Output {
-        tidings(&[&["--url", url], args].concat())
-    }
+    use super::cli::tidings_on as run;
+    use super::stderr;
 
     /// A long-running `tidings` process, killed when dropped.
     struct Background(Child);

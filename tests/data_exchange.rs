@@ -6,6 +6,8 @@
 //! stored again; SIGTERM stops everything cleanly.
 #![cfg(all(feature = "cli", feature = "amqp091", feature = "system"))]
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/example.rs"]
 mod example;
 
@@ -16,18 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use cli::tidings_on;
 use tidings_conformance::rabbitmq::Namespace;
 
 const ITEMS: usize = 24;
-
-fn tidings(url: &str, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .arg("--url")
-        .arg(url)
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// `tidings up` in the background, its stdout read line by line; killed if the test fails.
 struct Up {
@@ -108,7 +102,7 @@ fn the_data_exchange_system_fetches_persists_once_notifies_everyone_and_answers_
     up.wait_for("groups of", Duration::from_secs(30));
     let items: Vec<String> = (1..=ITEMS).map(|i| format!("page-{i}")).collect();
     let crawl = serde_json::json!({ "items": items }).to_string();
-    let out = tidings(ns.url(), &["emit", "dx.crawl", &crawl]);
+    let out = tidings_on(ns.url(), &["emit", "dx.crawl", &crawl]);
     assert!(
         out.status.success(),
         "{}",
@@ -154,7 +148,7 @@ fn the_data_exchange_system_fetches_persists_once_notifies_everyone_and_answers_
     // The stats service, as the web tier calls it.
     let deadline = Instant::now() + Duration::from_secs(30);
     let stats = loop {
-        let out = tidings(ns.url(), &["call", "dx.stats", "--timeout", "5s"]);
+        let out = tidings_on(ns.url(), &["call", "dx.stats", "--timeout", "5s"]);
         assert!(
             out.status.success(),
             "{}",
@@ -175,7 +169,7 @@ fn the_data_exchange_system_fetches_persists_once_notifies_everyone_and_answers_
 
     // Items crawled again come from the cache and are not stored twice.
     let again = serde_json::json!({ "items": ["page-1", "page-2"] }).to_string();
-    let out = tidings(ns.url(), &["emit", "dx.crawl", &again]);
+    let out = tidings_on(ns.url(), &["emit", "dx.crawl", &again]);
     assert!(
         out.status.success(),
         "{}",
@@ -183,7 +177,7 @@ fn the_data_exchange_system_fetches_persists_once_notifies_everyone_and_answers_
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = tidings(ns.url(), &["call", "dx.stats", "--timeout", "5s"]);
+        let out = tidings_on(ns.url(), &["call", "dx.stats", "--timeout", "5s"]);
         let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
         if stats["from_cache"].as_u64() >= Some(2) {
             assert_eq!(stats["persisted"], ITEMS, "{stats}");

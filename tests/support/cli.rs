@@ -13,6 +13,11 @@ pub fn tidings(args: &[&str]) -> Output {
         .expect("run tidings")
 }
 
+/// Runs `tidings --url URL ARGS` and waits for it.
+pub fn tidings_on(url: &str, args: &[&str]) -> Output {
+    tidings(&[&["--url", url], args].concat())
+}
+
 /// What it wrote to standard error.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

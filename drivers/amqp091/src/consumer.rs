@@ -333,9 +333,7 @@ impl AmqpConsumer {
         };
         Delivery::new(envelope, Box::new(settle))
     }
-}
 
-impl AmqpConsumer {
     /// What an item of the current consumer means: a delivery to hand out, or `None` when it
     /// is to be skipped or the consumer ended (then `current` is cleared).
     fn take(&mut self, item: Option<lapin::Result<lapin::message::Delivery>>) -> Option<Delivery> {
@@ -347,22 +345,17 @@ impl AmqpConsumer {
                 if delivery.acker.poisoned() {
                     return None;
                 }
-                Some(self.delivery(current, delivery))
+                return Some(self.delivery(current, delivery));
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, queue = %current.queue, "consumer ended");
-                let id = current.id;
-                self.current = None;
-                self.state.ended.send_replace(id);
-                None
             }
-            None => {
-                let id = current.id;
-                self.current = None;
-                self.state.ended.send_replace(id);
-                None
-            }
+            None => {}
         }
+        let id = current.id;
+        self.current = None;
+        self.state.ended.send_replace(id);
+        None
     }
 
     /// A delivery the current consumer already holds, taken without waiting (and without

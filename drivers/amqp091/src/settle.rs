@@ -113,17 +113,7 @@ impl AmqpSettle {
         publish(&self.shared, &Target::queue(queue)?, copy, false, None).await?;
         self.ack()
     }
-}
 
-fn lost_before_settle() -> Error {
-    Error::new(
-        ErrorKind::Connection,
-        "the channel of this delivery closed before it was settled (connection lost or \
-         subscription cancelled); the broker redelivers it",
-    )
-}
-
-impl AmqpSettle {
     /// Why this delivery cannot be settled any more, if it cannot.
     fn unsettleable(&self) -> Option<Error> {
         if self
@@ -173,6 +163,14 @@ impl Settle for AmqpSettle {
             other => Completion::later(self.settle_with_copy(other)),
         }
     }
+}
+
+fn lost_before_settle() -> Error {
+    Error::new(
+        ErrorKind::Connection,
+        "the channel of this delivery closed before it was settled (connection lost or \
+         subscription cancelled); the broker redelivers it",
+    )
 }
 
 /// Declares the durable dead-letter queue `queue` once per connection.

@@ -55,11 +55,6 @@ impl Broker {
             .clone()
     }
 
-    /// Finds or creates the queue `name`.
-    fn declare(&self, name: &str, durable: bool) -> Arc<Queue> {
-        self.queues.declare(name, durable)
-    }
-
     fn bind(&self, pattern: &Pattern, queue: &Arc<Queue>) {
         self.bindings.rcu(|old| {
             let mut new: Vec<Binding> = old.to_vec();
@@ -230,8 +225,12 @@ impl Provider for MemoryProvider {
         let queue = match spec.mode.group() {
             None => self
                 .broker
+                .queues
                 .declare(&format!("broadcast.{}.{}", self.id, next_id()), false),
-            Some((name, durable)) => self.broker.declare(&format!("group.{name}"), durable),
+            Some((name, durable)) => self
+                .broker
+                .queues
+                .declare(&format!("group.{name}"), durable),
         };
         let from = spec.mode.subscription_name().to_owned();
         self.broker.bind(&spec.pattern, &queue);
@@ -259,7 +258,7 @@ impl Provider for MemoryProvider {
     async fn open_inbox(&self) -> Result<Inbox> {
         self.check_open()?;
         let address = format!("inbox.{}.{}", self.id, next_id());
-        let queue = self.broker.declare(&address, false);
+        let queue = self.broker.queues.declare(&address, false);
         if let Err(e) = self.inbox.set(address.clone(), "memory") {
             self.broker.delete(&queue);
             return Err(e);
